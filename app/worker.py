@@ -1,0 +1,443 @@
+"""The one worker loop: submit queued jobs, follow running ones, save results, retry, fail over.
+
+It runs inside the app's event loop (started by the lifespan). Each pass claims the due jobs with a
+lease, takes one step of each, and commits what happened before the next step, so a crash at any
+point loses nothing: on start, leases of dead processes are released and every queued and running
+row is picked up again. ``run_once()`` is the unit tests drive step by step.
+
+Never billed twice: an attempt is written as ``submitting`` before the create request leaves. If
+the answer is lost (a timeout after sending, a crash before the task id is saved), nobody can tell
+whether the provider accepted and will bill the job, and EvoLink offers no lookup by our own
+reference. The studio then does not resubmit on its own: the job ends ``failed`` with code
+``submit_unknown`` and says so, and the person decides whether to press Retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import tasks
+from app.config import Settings
+from app.db import session_scope
+from app.models import Task, TaskFile, utcnow
+from app.storage import Storage
+from app.upstream.base import InputImage, Provider, SubmitRequest, UpstreamError, UpstreamStatus
+
+log = logging.getLogger("qes.worker")
+
+LEASE_SECONDS = 120.0
+RESULT_FORMATS = {
+    "PNG": ("png", "image/png"),
+    "JPEG": ("jpg", "image/jpeg"),
+    "WEBP": ("webp", "image/webp"),
+}
+
+
+def _owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        providers: list[Provider],
+        input_url: Callable[[Task, TaskFile], str | None],
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.storage = storage
+        self.providers = sorted(providers, key=lambda p: p.price)
+        self.input_url = input_url
+        self.owner = _owner_id()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Release leases held by processes of this host that are gone (crashed or restarted)."""
+        host = socket.gethostname()
+        with session_scope(self.sessions) as s:
+            dead = set()
+            for owner in tasks.lease_owners(s):
+                parts = owner.split(":")
+                if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+                    pid = int(parts[1])
+                    if pid == os.getpid() and owner != self.owner or not _alive(pid):
+                        dead.add(owner)
+            return tasks.release_leases(s, dead)
+
+    def wake(self) -> None:
+        """Ask the loop to look now (a job was added, a callback arrived). Thread-safe."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    async def run_forever(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.recover)
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except Exception:  # the loop must survive anything one pass throws
+                log.exception("worker pass failed")
+            if self._stopping:
+                break
+            wait = await asyncio.to_thread(self._seconds_to_next)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    def _seconds_to_next(self) -> float:
+        with session_scope(self.sessions) as s:
+            due = tasks.next_due_at(s)
+        if due is None:
+            return 5.0
+        return min(5.0, max(0.05, (due - utcnow()).total_seconds()))
+
+    # --- one pass -------------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Take one step of every due job; return how many steps ran."""
+        ids = await asyncio.to_thread(self._claim_due)
+        if not ids:
+            return 0
+        await asyncio.gather(*(self._step_safely(task_id) for task_id in ids))
+        return len(ids)
+
+    def _claim_due(self) -> list[str]:
+        claimed = []
+        with session_scope(self.sessions) as s:
+            for task_id in tasks.due_task_ids(s, self.settings.worker_concurrency, self.owner):
+                if tasks.claim(s, task_id, self.owner, LEASE_SECONDS):
+                    claimed.append(task_id)
+        return claimed
+
+    async def _step_safely(self, task_id: str) -> None:
+        try:
+            await self.step(task_id)
+        except Exception:
+            log.exception("step of job %s failed; it will be looked at again", task_id)
+            await asyncio.to_thread(self._reschedule_after_bug, task_id)
+
+    def _reschedule_after_bug(self, task_id: str) -> None:
+        with session_scope(self.sessions) as s:
+            task = s.get(Task, task_id)
+            if task is not None and task.active:
+                tasks.schedule(task, self._backoff(task.poll_delay))
+                task.lease_owner = task.lease_until = None
+
+    async def step(self, task_id: str) -> None:
+        task = await asyncio.to_thread(self._load, task_id)
+        if task is None or not task.active:
+            return
+        if utcnow() > task.created_at + timedelta(seconds=self.settings.job_timeout):
+            await self._commit(task_id, lambda t: self._timeout(t))
+            return
+        if task.status == "queued":
+            await self._submit(task)
+        else:
+            await self._follow(task)
+
+    # --- queued: send it ------------------------------------------------------------------------
+
+    async def _submit(self, task: Task) -> None:
+        last = tasks.current_attempt(task)
+        if last is not None and last.state == "submitting":
+            await self._commit(task.id, self._ambiguous_after_crash)
+            return
+        provider = self._choose_provider(task)
+        if provider is None:
+            err = self._last_error(task)
+            await self._commit(
+                task.id,
+                lambda t: tasks.mark_failed(
+                    t,
+                    err[0] if err else "no_provider",
+                    err[1] if err else "No upstream provider is available.",
+                ),
+            )
+            return
+        request = await asyncio.to_thread(self._build_request, task)
+        attempt_id = await self._commit(
+            task.id, lambda t: tasks.start_attempt(self._session_of(t), t, provider.name).id
+        )
+        try:
+            submitted = await provider.submit(request)
+        except UpstreamError:
+            await self._commit(task.id, lambda t, e=err: self._after_error(t, attempt_id, e))
+            return
+
+        def saved(t: Task) -> None:
+            attempt = self._attempt(t, attempt_id)
+            tasks.mark_submitted(
+                t,
+                attempt,
+                submitted.upstream_task_id,
+                submitted.status.estimated_time,
+                self.settings.poll_interval,
+            )
+            t.progress = submitted.status.progress
+
+        await self._commit(task.id, saved)
+        if submitted.status.state in ("succeeded", "failed"):
+            await self._finish(task.id, attempt_id, provider, submitted.status)
+
+    def _build_request(self, task: Task) -> SubmitRequest:
+        images = [
+            InputImage(
+                data=self.storage.read(f.sha256, f.ext),
+                content_type=f.content_type,
+                ext=f.ext,
+                public_url=self.input_url(task, f),
+            )
+            for f in task.inputs
+        ]
+        return SubmitRequest(
+            model=task.model, prompt=task.prompt, images=images, options=dict(task.options or {})
+        )
+
+    def _choose_provider(self, task: Task) -> Provider | None:
+        """Cheapest provider this job has not yet used up its tries on."""
+        for provider in self.providers:
+            used = [a for a in task.attempt_rows if a.provider == provider.name]
+            finals = [a for a in used if a.state == "failed" and a.error_code == "_exhausted"]
+            if len(used) < self.settings.max_attempts and not finals:
+                return provider
+        return None
+
+    # --- running: follow it ---------------------------------------------------------------------
+
+    async def _follow(self, task: Task) -> None:
+        provider = self._provider(task.provider)
+        attempt = tasks.current_attempt(task)
+        if provider is None or attempt is None or not task.upstream_task_id:
+            await self._commit(
+                task.id,
+                lambda t: tasks.mark_failed(
+                    t, "provider_gone", f"The provider {task.provider!r} is no longer configured."
+                ),
+            )
+            return
+        attempt_id = attempt.id
+        try:
+            status = await provider.poll(task.upstream_task_id)
+        except UpstreamError as err:
+            if err.retryable and err.code != "task_not_found":
+                await self._commit(
+                    task.id,
+                    lambda t, e=err: tasks.schedule(t, self._backoff(t.poll_delay, e.retry_after)),
+                )
+            else:
+                await self._commit(task.id, lambda t, e=err: self._after_error(t, attempt_id, e))
+            return
+        await self._finish(task.id, attempt_id, provider, status)
+
+    async def _finish(
+        self, task_id: str, attempt_id: int, provider: Provider, status: UpstreamStatus
+    ) -> None:
+        if status.state in ("pending", "running"):
+
+            def progress(t: Task) -> None:
+                t.progress = max(t.progress, min(99, status.progress))
+                if status.estimated_time:
+                    t.estimated_time = status.estimated_time
+                tasks.schedule(t, self._backoff(t.poll_delay, grow=1.5))
+
+            await self._commit(task_id, progress)
+            return
+        if status.state == "failed":
+            err = status.error or UpstreamError(
+                "unknown_error", "The provider failed.", retryable=True
+            )
+            await self._commit(task_id, lambda t, e=err: self._after_error(t, attempt_id, e))
+            return
+        try:
+            files = await self._download_all(provider, status.result_urls)
+        except UpstreamError as err:
+            if err.retryable:
+                await self._commit(
+                    task_id, lambda t: tasks.schedule(t, self._backoff(t.poll_delay))
+                )
+            else:
+                await self._commit(task_id, lambda t, e=err: self._fail(t, attempt_id, e))
+            return
+
+        def done(t: Task) -> None:
+            tasks.end_attempt(self._attempt(t, attempt_id), "succeeded", None, None)
+            tasks.mark_succeeded(t, files)
+
+        await self._commit(task_id, done)
+
+    async def _download_all(self, provider: Provider, urls: list[str]) -> list[TaskFile]:
+        files: list[TaskFile] = []
+        for position, url in enumerate(urls):
+            data = await provider.download(url, self.settings.result_max_bytes)
+            files.append(await asyncio.to_thread(self._store_result, data, position))
+        return files
+
+    def _store_result(self, data: bytes, position: int) -> TaskFile:
+        """Check the bytes decode as an image and keep them as the provider made them.
+
+        Stored by content hash, so a download repeated after a crash never makes a second copy.
+        """
+        try:
+            with Image.open(io.BytesIO(data), formats=list(RESULT_FORMATS)) as im:
+                im.load()
+                fmt = im.format or ""
+                width, height = im.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise UpstreamError(
+                "bad_result", "The provider's result is not a usable image."
+            ) from exc
+        ext, content_type = RESULT_FORMATS[fmt]
+        sha = self.storage.put(data, ext)
+        return TaskFile(
+            role="result",
+            position=position,
+            sha256=sha,
+            ext=ext,
+            content_type=content_type,
+            width=width,
+            height=height,
+            size_bytes=len(data),
+        )
+
+    # --- errors, retries, failover --------------------------------------------------------------
+
+    def _after_error(self, task: Task, attempt_id: int, err: UpstreamError) -> None:
+        attempt = self._attempt(task, attempt_id)
+        if err.operator:
+            log.error(
+                "provider %s refused the studio's account: %s (%s)",
+                task.provider,
+                err.code,
+                err.message,
+            )
+        if err.ambiguous:
+            tasks.end_attempt(attempt, "unknown", err.code, err.message)
+            tasks.mark_failed(
+                task,
+                "submit_unknown",
+                "The provider may have received this job, but its answer was lost "
+                f"({err.message}). It was not sent again, so it cannot be billed twice; "
+                "press Retry to send it again.",
+            )
+            return
+        if not err.retryable:
+            self._fail(task, attempt_id, err)
+            return
+        tasks.end_attempt(attempt, "failed", err.code, err.message)
+        task.status = "queued"
+        task.upstream_task_id = None
+        task.progress = 0
+        tasks.schedule(
+            task, self._backoff(max(task.poll_delay, self.settings.poll_interval), err.retry_after)
+        )
+        if self._choose_provider(task) is None:
+            tasks.mark_failed(task, err.code, err.message)
+
+    def _fail(self, task: Task, attempt_id: int, err: UpstreamError) -> None:
+        tasks.end_attempt(self._attempt(task, attempt_id), "failed", err.code, err.message)
+        tasks.mark_failed(task, err.code, err.message)
+
+    def _ambiguous_after_crash(self, task: Task) -> None:
+        attempt = tasks.current_attempt(task)
+        msg = (
+            "The studio stopped while sending this job, so it is unknown whether the provider "
+            "received it. It was not sent again, so it cannot be billed twice; press Retry to "
+            "send it again."
+        )
+        tasks.end_attempt(attempt, "unknown", "submit_unknown", msg)
+        tasks.mark_failed(task, "submit_unknown", msg)
+
+    def _timeout(self, task: Task) -> None:
+        msg = (
+            f"Timed out upstream: the job did not finish within {int(self.settings.job_timeout)} s."
+        )
+        tasks.end_attempt(tasks.current_attempt(task), "failed", "timeout", msg)
+        tasks.mark_failed(task, "timeout", msg)
+
+    def _last_error(self, task: Task) -> tuple[str, str] | None:
+        for attempt in reversed(task.attempt_rows):
+            if attempt.error_code:
+                return attempt.error_code, attempt.error_message or ""
+        return None
+
+    def _backoff(
+        self, current: float, retry_after: float | None = None, grow: float = 2.0
+    ) -> float:
+        """Exponential backoff with jitter, capped by QES_RETRY_MAX_DELAY."""
+        base = self.settings.poll_interval if current <= 0 else current * grow
+        delay = min(self.settings.retry_max_delay, base)
+        delay = delay * random.uniform(0.8, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.settings.retry_max_delay))
+        return max(0.05, delay)
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _provider(self, name: str | None) -> Provider | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+    @staticmethod
+    def _attempt(task: Task, attempt_id: int):  # type: ignore[no-untyped-def]
+        return next((a for a in task.attempt_rows if a.id == attempt_id), None)
+
+    @staticmethod
+    def _session_of(task: Task) -> Session:
+        from sqlalchemy.orm import object_session
+
+        session = object_session(task)
+        assert session is not None
+        return session
+
+    def _load(self, task_id: str) -> Task | None:
+        with session_scope(self.sessions) as s:
+            task = s.get(Task, task_id)
+            if task is not None:
+                _ = task.files, task.attempt_rows
+            return task
+
+    async def _commit(self, task_id: str, change):  # type: ignore[no-untyped-def]
+        """Apply one change to the job's row in its own transaction (off the event loop)."""
+
+        def run():  # type: ignore[no-untyped-def]
+            with session_scope(self.sessions) as s:
+                task = s.get(Task, task_id)
+                if task is None:
+                    return None
+                result = change(task)
+                if task.status in ("succeeded", "failed", "canceled"):
+                    task.lease_owner = task.lease_until = None
+                return result
+
+        return await asyncio.to_thread(run)
