@@ -1,4 +1,4 @@
-"""`python -m app`: start the studio with uvicorn (host and port from flags or QES_HOST/QES_PORT)."""
+"""`python -m app`: run the studio with uvicorn (host and port: flags or QES_HOST/QES_PORT)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from app.main import create_app
 def main() -> None:
     settings = Settings()
     parser = argparse.ArgumentParser(prog="python -m app", description="Run Qwen Edit Studio.")
-    parser.add_argument("--host", default=settings.host, help="address to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=settings.port, help="port (default %(default)s)")
+    parser.add_argument(
+        "--host", default=settings.host, help="address to bind (default %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=settings.port, help="port (default %(default)s)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings.host, settings.port = args.host, args.port

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app import prompts, tasks
 from app.auth import SessionCodec
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker, run_migrations, session_scope
+from app.db import make_engine, make_sessionmaker, run_migrations
 from app.errors import StudioError
 from app.links import LinkSigner
 from app.models import Task, TaskFile

@@ -62,6 +62,15 @@ class Task(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     client_ip: Mapped[str | None] = mapped_column(String(64))
+    # Where the job came from: "web" (page and /api) or "gateway" (the EvoLink-compatible /v1).
+    source: Mapped[str] = mapped_column(String(16), default="web")
+    # Secret per-job token in the callback URL given to a provider (only when we are https).
+    callback_token: Mapped[str | None] = mapped_column(String(64))
+    # The gateway client's own callback_url, and whether it has been told the outcome.
+    client_callback_url: Mapped[str | None] = mapped_column(Text)
+    client_callback_state: Mapped[str | None] = mapped_column(String(16))
+    # What the job cost at the provider's configured price (set when results are saved).
+    cost: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
@@ -126,6 +135,7 @@ class Attempt(Base):
     state: Mapped[str] = mapped_column(String(16))  # submitting|running|succeeded|failed|unknown
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    cost: Mapped[float] = mapped_column(default=0.0)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column()
 

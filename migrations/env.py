@@ -1,6 +1,7 @@
 """Alembic environment: batch mode so ALTERs work on SQLite, models' metadata as the target."""
 
 from alembic import context
+
 from app.db import make_engine
 from app.models import Base
 

@@ -21,7 +21,10 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 def image_bytes(
-    width: int = 512, height: int = 400, color: tuple[int, int, int] = (200, 40, 40), fmt: str = "PNG"
+    width: int = 512,
+    height: int = 400,
+    color: tuple[int, int, int] = (200, 40, 40),
+    fmt: str = "PNG",
 ) -> bytes:
     img = Image.new("RGB", (width, height), color)
     # A second colour block so an edit is visible in more than one place.
@@ -78,7 +81,9 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
 
 
 @pytest.fixture
-def client(tmp_path: Path, sim: SimulatorServer, make_client: Callable[..., TestClient]) -> TestClient:
+def client(
+    tmp_path: Path, sim: SimulatorServer, make_client: Callable[..., TestClient]
+) -> TestClient:
     return make_client(studio_settings(tmp_path, sim))
 
 

@@ -40,17 +40,20 @@ CASES = [
     ),
     pytest.param(dict(images=[]), 400, ["at least one image"], id="no-images"),
     pytest.param(
-        dict(images=[("big.bmp", _bmp(2000, 1800))]), 413, ['"big.bmp"', "10 MB"], id="file-too-large"
+        dict(images=[("big.bmp", _bmp(2000, 1800))]),
+        413,
+        ['"big.bmp"', "10 MB"],
+        id="file-too-large",
     ),
     pytest.param(
         dict(images=[("ok.png", image_bytes()), ("anim.gif", _gif())]),
-        400,
+        415,
         ['image 2 ("anim.gif")', "JPG/JPEG, PNG, BMP, WEBP, TIFF"],
         id="gif-format",
     ),
     pytest.param(
         dict(images=[("page.png", b"<html><script>alert(1)</script></html>")]),
-        400,
+        415,
         ['"page.png"', "allowed formats"],
         id="html-named-png",
     ),

@@ -89,7 +89,7 @@ def test_shared_input_survives_deleting_one_of_two_jobs(client, tmp_path):
     a = post_job(client, images=[("same.png", same)]).json()
     b = post_job(client, images=[("same.png", same)]).json()
     wait_for(client, a["id"])
-    wait_for(client, b["id"])
+    b = wait_for(client, b["id"])
     client.delete(f"/api/tasks/{a['id']}")
     assert client.get(b["inputs"][0]["url"]).status_code == 200
     assert client.get(b["results"][0]["url"]).status_code == 200
@@ -203,7 +203,11 @@ def test_files_and_jobs_of_another_user_are_not_found(client, tmp_path, sim):
     job = post_job(client).json()
     wait_for(client, job["id"])
     other = httpx.Client(transport=client._transport, base_url="http://testserver")
-    for url in (f"/api/tasks/{job['id']}", job["inputs"][0]["url"], job["inputs"][0]["thumbnail_url"]):
+    for url in (
+        f"/api/tasks/{job['id']}",
+        job["inputs"][0]["url"],
+        job["inputs"][0]["thumbnail_url"],
+    ):
         assert other.get(url).status_code == 404
     assert other.delete(f"/api/tasks/{job['id']}").status_code == 404
     assert other.get("/api/tasks").json()["tasks"] == []

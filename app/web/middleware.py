@@ -4,8 +4,8 @@
   a chunked one as they arrive, before Starlette parses (and spools) anything.
 - :class:`SessionAndHeaders` gives each browser its signed anonymous-session cookie and adds the
   security headers (CSP without inline script, nosniff, referrer policy, frame-ancestors).
-- :class:`CrossOriginGuard` refuses state-changing browser requests sent from another site,
-  the token-free CSRF check (Sec-Fetch-Site, then Origin); Bearer requests are not cookies' and pass.
+- :class:`CrossOriginGuard` refuses state-changing browser requests sent from another site: the
+  token-free CSRF check (Sec-Fetch-Site, then Origin). Bearer requests carry no cookie and pass.
 """
 
 from __future__ import annotations
