@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     evolink_base_url: str = "https://api.evolink.ai"
     evolink_files_url: str = "https://files-api.evolink.ai"
     evolink_price: float = 0.0319
+    evolink_enabled: bool = True
+
+    # fal.ai queue API (fal-ai/qwen-image-edit)
+    fal_api_key: str | None = None
+    fal_base_url: str = "https://queue.fal.run"
+    fal_price: float = 0.03
+    fal_enabled: bool = True
+
+    # Alibaba Model Studio / DashScope (synchronous multimodal generation)
+    dashscope_api_key: str | None = None
+    dashscope_base_url: str = "https://dashscope-intl.aliyuncs.com"
+    dashscope_price: float = 0.045
+    dashscope_enabled: bool = True
 
     # Built-in simulator (used when no provider key is configured)
     simulator_delay: float = Field(3.0, ge=0)
@@ -95,7 +108,14 @@ class Settings(BaseSettings):
     @property
     def simulated(self) -> bool:
         """True when no real provider key is set: the built-in simulator answers instead."""
-        return not self.evolink_api_key
+        return not any(
+            key and enabled
+            for key, enabled in (
+                (self.evolink_api_key, self.evolink_enabled),
+                (self.fal_api_key, self.fal_enabled),
+                (self.dashscope_api_key, self.dashscope_enabled),
+            )
+        )
 
     @property
     def db_url(self) -> str:

@@ -24,8 +24,7 @@ from app.errors import StudioError
 from app.links import LinkSigner
 from app.models import Task, TaskFile
 from app.storage import LocalStorage
-from app.upstream.base import Provider
-from app.upstream.evolink import EvoLinkProvider
+from app.upstream.registry import build_providers
 from app.web import api, files, health, pages
 from app.web.deps import Studio
 from app.web.middleware import BodyLimit, CrossOriginGuard, SessionAndHeaders
@@ -35,28 +34,6 @@ log = logging.getLogger("qes")
 ROOT = Path(__file__).resolve().parent.parent
 # 3 images of 10 MB, plus the prompt, options and multipart framing.
 MAX_REQUEST_BYTES = 3 * 10 * 1024 * 1024 + 1024 * 1024
-
-
-def _providers(settings: Settings, simulator_url: str | None) -> list[Provider]:
-    if simulator_url is not None:
-        return [
-            EvoLinkProvider(
-                api_key="simulator",
-                base_url=simulator_url,
-                files_url=simulator_url,
-                price=0.0,
-                name="simulator",
-            )
-        ]
-    assert settings.evolink_api_key
-    return [
-        EvoLinkProvider(
-            api_key=settings.evolink_api_key,
-            base_url=settings.evolink_base_url,
-            files_url=settings.evolink_files_url,
-            price=settings.evolink_price,
-        )
-    ]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -98,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "results are simulated, not edited by the model.",
                 simulator.base_url,
             )
-        providers = _providers(settings, simulator.base_url if simulator else None)
+        providers = build_providers(settings, simulator.base_url if simulator else None)
         studio.provider_names = [p.name for p in providers]
         worker = Worker(settings, sessions, storage, providers, input_url)
         studio.worker = worker

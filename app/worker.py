@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from PIL import Image
@@ -73,6 +73,9 @@ class Worker:
         self.providers = sorted(providers, key=lambda p: p.price)
         self.input_url = input_url
         self.owner = _owner_id()
+        # Called with a job's id after it ended (succeeded, failed, canceled) and was committed,
+        # e.g. to tell a gateway client's callback_url. Must not raise.
+        self.finish_hooks: list[Callable[[str], Awaitable[None]]] = []
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -430,14 +433,26 @@ class Worker:
     async def _commit(self, task_id: str, change):  # type: ignore[no-untyped-def]
         """Apply one change to the job's row in its own transaction (off the event loop)."""
 
+        ended = False
+
         def run():  # type: ignore[no-untyped-def]
+            nonlocal ended
             with session_scope(self.sessions) as s:
                 task = s.get(Task, task_id)
                 if task is None:
                     return None
+                was_active = task.active
                 result = change(task)
-                if task.status in ("succeeded", "failed", "canceled"):
+                if not task.active:
                     task.lease_owner = task.lease_until = None
+                    ended = was_active
                 return result
 
-        return await asyncio.to_thread(run)
+        result = await asyncio.to_thread(run)
+        if ended:
+            for hook in self.finish_hooks:
+                try:
+                    await hook(task_id)
+                except Exception:
+                    log.exception("finish hook failed for job %s", task_id)
+        return result
