@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     job_timeout: float = Field(600.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     worker_concurrency: int = Field(8, ge=1)
+    upstream_connect_timeout: float = Field(10.0, gt=0)
+    upstream_read_timeout: float = Field(60.0, gt=0)
+    circuit_failures: int = Field(3, ge=1)
+    circuit_cooldown: float = Field(30.0, gt=0)
+    shutdown_grace: float = Field(30.0, ge=0)
+    orphan_grace: float = Field(600.0, ge=0)
     result_max_bytes: int = Field(50 * 1024 * 1024, gt=0)
 
     # History and limits

@@ -24,8 +24,9 @@ from app.errors import StudioError
 from app.links import LinkSigner
 from app.models import Task, TaskFile
 from app.storage import LocalStorage
+from app.upstream.base import Provider
 from app.upstream.registry import build_providers
-from app.web import api, files, health, pages
+from app.web import api, callbacks, files, health, pages
 from app.web.deps import Studio
 from app.web.middleware import BodyLimit, CrossOriginGuard, SessionAndHeaders
 from app.worker import Worker
@@ -36,7 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_REQUEST_BYTES = 3 * 10 * 1024 * 1024 + 1024 * 1024
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, providers: list[Provider] | None = None
+) -> FastAPI:
+    """Build the app. ``providers`` replaces the ones built from settings (tests with two
+    simulators, embedding)."""
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
@@ -65,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(storage.sweep_temp_files)
         await asyncio.to_thread(prompts.warm_up)
         simulator = None
-        if settings.simulated:
+        if settings.simulated and providers is None:
             from app.upstream.simulator import SimulatorConfig, SimulatorServer
 
             simulator = SimulatorServer(SimulatorConfig(delay=settings.simulator_delay))
@@ -75,18 +80,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "results are simulated, not edited by the model.",
                 simulator.base_url,
             )
-        providers = build_providers(settings, simulator.base_url if simulator else None)
-        studio.provider_names = [p.name for p in providers]
-        worker = Worker(settings, sessions, storage, providers, input_url)
+        active = providers or build_providers(settings, simulator.base_url if simulator else None)
+        studio.provider_names = [p.name for p in active]
+        worker = Worker(
+            settings,
+            sessions,
+            storage,
+            active,
+            input_url,
+            callback_url=callbacks.url_builder(settings.public_base_url),
+        )
         studio.worker = worker
         runner = asyncio.create_task(worker.run_forever(), name="qes-worker")
         try:
             yield
         finally:
             worker.stop()
+            # In-flight steps finish (each is one upstream call and one commit); past the grace
+            # period they are cancelled, which leaves every row as its last commit wrote it.
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(runner, timeout=15)
-            for provider in providers:
+                await asyncio.wait_for(runner, timeout=settings.shutdown_grace)
+            for provider in active:
                 await provider.aclose()
             if simulator is not None:
                 await asyncio.to_thread(simulator.stop)
@@ -104,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(callbacks.router)
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
     @app.exception_handler(StudioError)

@@ -8,6 +8,7 @@ steps leaves a row the worker can pick up again.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from app.config import Settings
 from app.errors import NotFound, StudioError
 from app.images import IngestedImage
 from app.models import ACTIVE, FINISHED, Attempt, Task, TaskFile, User, utcnow
-from app.storage import Storage
+from app.storage import LocalStorage, Storage
 
 MODELS = ("qwen-image-edit", "qwen-image-edit-plus")
 
@@ -107,6 +108,7 @@ def create_task(
     options: dict[str, Any],
     inputs: list[NewInput],
     client_ip: str | None,
+    source: str = "web",
 ) -> tuple[Task, list[FileKey]]:
     """Store the inputs and queue the job; return it and the files a dropped old job freed.
 
@@ -126,6 +128,7 @@ def create_task(
         options=options,
         status="queued",
         client_ip=client_ip,
+        source=source,
         next_check_at=utcnow(),
     )
     for position, item in enumerate(inputs):
@@ -424,3 +427,20 @@ def purge_user_tasks(session: Session, user_id: str) -> list[FileKey]:
     ]
     session.execute(delete(Task).where(Task.user_id == user_id))
     return keys
+
+
+def sweep_orphans(session: Session, storage: LocalStorage, grace: float) -> int:
+    """Delete stored files no job refers to (left by a crash between writing a file and
+    committing its row), if older than ``grace`` seconds so an ingest in flight is spared."""
+    referenced = {(sha, ext) for sha, ext in session.execute(select(TaskFile.sha256, TaskFile.ext))}
+    cutoff = time.time() - grace
+    removed = 0
+    for sha, ext in storage.all_keys() - referenced:
+        path = storage.path(sha, ext)
+        try:
+            if path.stat().st_mtime <= cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
 import random
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -31,12 +33,14 @@ from app import tasks
 from app.config import Settings
 from app.db import session_scope
 from app.models import Task, TaskFile, utcnow
-from app.storage import Storage
+from app.storage import LocalStorage, Storage
 from app.upstream.base import InputImage, Provider, SubmitRequest, UpstreamError, UpstreamStatus
+from app.upstream.health import HealthBoard
 
 log = logging.getLogger("qes.worker")
 
 LEASE_SECONDS = 120.0
+SWEEP_EVERY = 300.0
 RESULT_FORMATS = {
     "PNG": ("png", "image/png"),
     "JPEG": ("jpg", "image/jpeg"),
@@ -66,12 +70,20 @@ class Worker:
         storage: Storage,
         providers: list[Provider],
         input_url: Callable[[Task, TaskFile], str | None],
+        callback_url: Callable[[str, str], str] | None = None,
+        health: HealthBoard | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.storage = storage
         self.providers = sorted(providers, key=lambda p: p.price)
         self.input_url = input_url
+        # Builds the URL a provider calls back on (job id, secret token); None when we are not
+        # reachable over https, where providers may not call back.
+        self.callback_url = callback_url
+        self.health = health or HealthBoard(
+            threshold=settings.circuit_failures, cooldown=settings.circuit_cooldown
+        )
         self.owner = _owner_id()
         # Called with a job's id after it ended (succeeded, failed, canceled) and was committed,
         # e.g. to tell a gateway client's callback_url. Must not raise.
@@ -104,10 +116,26 @@ class Worker:
         self._stopping = True
         self.wake()
 
+    def sweep(self) -> int:
+        """Remove stored files that no job refers to (see tasks.sweep_orphans)."""
+        if not isinstance(self.storage, LocalStorage):
+            return 0
+        with session_scope(self.sessions) as s:
+            removed = tasks.sweep_orphans(s, self.storage, self.settings.orphan_grace)
+        if removed:
+            log.info("removed %d orphaned files", removed)
+        return removed
+
     async def run_forever(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.recover)
+        await asyncio.to_thread(self.sweep)
+        next_sweep = self._loop.time() + SWEEP_EVERY
         while not self._stopping:
+            if self._loop.time() >= next_sweep:
+                next_sweep = self._loop.time() + SWEEP_EVERY
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.sweep)
             self._wake.clear()
             try:
                 await self.run_once()
@@ -177,33 +205,44 @@ class Worker:
         if last is not None and last.state == "submitting":
             await self._commit(task.id, self._ambiguous_after_crash)
             return
-        provider = self._choose_provider(task)
+        provider, wait = self._choose_provider(task)
         if provider is None:
+            if wait is not None:  # every provider left is cooling down: wait for one
+                await self._commit(task.id, lambda t: tasks.schedule(t, max(0.05, wait)))
+                return
             err = self._last_error(task)
-            await self._commit(
-                task.id,
-                lambda t: tasks.mark_failed(
-                    t,
-                    err[0] if err else "no_provider",
-                    err[1] if err else "No upstream provider is available.",
-                ),
-            )
+            code, message = err or ("no_provider", "No upstream provider is available.")
+            await self._commit(task.id, lambda t: tasks.mark_failed(t, code, message))
             return
-        request = await asyncio.to_thread(self._build_request, task)
-        attempt_id = await self._commit(
-            task.id, lambda t: tasks.start_attempt(self._session_of(t), t, provider.name).id
-        )
+        try:
+            request = await asyncio.to_thread(self._build_request, task)
+            token = secrets.token_urlsafe(24) if self.callback_url else None
+
+            def begin(t: Task) -> int:
+                if token:
+                    t.callback_token = token
+                return tasks.start_attempt(self._session_of(t), t, provider.name).id
+
+            attempt_id = await self._commit(task.id, begin)
+        except BaseException:
+            self.health.release_probe(provider.name)
+            raise
+        if attempt_id is None:  # deleted meanwhile
+            self.health.release_probe(provider.name)
+            return
+        if token and self.callback_url:
+            request = dataclasses.replace(request, callback_url=self.callback_url(task.id, token))
         try:
             submitted = await provider.submit(request)
-        except UpstreamError:
-            await self._commit(task.id, lambda t, e=err: self._after_error(t, attempt_id, e))
+        except UpstreamError as err:
+            await self._upstream_error(task.id, attempt_id, provider.name, err)
             return
+        self.health.record_success(provider.name)
 
         def saved(t: Task) -> None:
-            attempt = self._attempt(t, attempt_id)
             tasks.mark_submitted(
                 t,
-                attempt,
+                self._attempt(t, attempt_id),
                 submitted.upstream_task_id,
                 submitted.status.estimated_time,
                 self.settings.poll_interval,
@@ -228,14 +267,27 @@ class Worker:
             model=task.model, prompt=task.prompt, images=images, options=dict(task.options or {})
         )
 
-    def _choose_provider(self, task: Task) -> Provider | None:
-        """Cheapest provider this job has not yet used up its tries on."""
+    def _candidates(self, task: Task) -> list[Provider]:
+        """Providers this job may still go to, cheapest first: not skipped for it (operator
+        fault, input it cannot take) and with tries left."""
+        out = []
         for provider in self.providers:
             used = [a for a in task.attempt_rows if a.provider == provider.name]
-            finals = [a for a in used if a.state == "failed" and a.error_code == "_exhausted"]
-            if len(used) < self.settings.max_attempts and not finals:
-                return provider
-        return None
+            if any(a.state == "skipped" for a in used):
+                continue
+            if len(used) < self.settings.max_attempts:
+                out.append(provider)
+        return out
+
+    def _choose_provider(self, task: Task) -> tuple[Provider | None, float | None]:
+        """The cheapest usable candidate; or, if all are cooling down, how long to wait."""
+        candidates = self._candidates(task)
+        if not candidates:
+            return None, None
+        for provider in candidates:
+            if self.health.allow(provider.name):
+                return provider, None
+        return None, min(self.health.wait_seconds(p.name) for p in candidates)
 
     # --- running: follow it ---------------------------------------------------------------------
 
@@ -243,10 +295,11 @@ class Worker:
         provider = self._provider(task.provider)
         attempt = tasks.current_attempt(task)
         if provider is None or attempt is None or not task.upstream_task_id:
+            name = task.provider
             await self._commit(
                 task.id,
                 lambda t: tasks.mark_failed(
-                    t, "provider_gone", f"The provider {task.provider!r} is no longer configured."
+                    t, "provider_gone", f"The provider {name!r} is no longer configured."
                 ),
             )
             return
@@ -255,13 +308,16 @@ class Worker:
             status = await provider.poll(task.upstream_task_id)
         except UpstreamError as err:
             if err.retryable and err.code != "task_not_found":
+                # The task is still there; only reading it failed. Keep following, slower.
+                self.health.record_failure(provider.name, err.message)
                 await self._commit(
                     task.id,
                     lambda t, e=err: tasks.schedule(t, self._backoff(t.poll_delay, e.retry_after)),
                 )
             else:
-                await self._commit(task.id, lambda t, e=err: self._after_error(t, attempt_id, e))
+                await self._upstream_error(task.id, attempt_id, provider.name, err)
             return
+        self.health.record_success(provider.name)
         await self._finish(task.id, attempt_id, provider, status)
 
     async def _finish(
@@ -281,7 +337,7 @@ class Worker:
             err = status.error or UpstreamError(
                 "unknown_error", "The provider failed.", retryable=True
             )
-            await self._commit(task_id, lambda t, e=err: self._after_error(t, attempt_id, e))
+            await self._upstream_error(task_id, attempt_id, provider.name, err)
             return
         try:
             files = await self._download_all(provider, status.result_urls)
@@ -293,9 +349,14 @@ class Worker:
             else:
                 await self._commit(task_id, lambda t, e=err: self._fail(t, attempt_id, e))
             return
+        cost = provider.price * len(files)
 
         def done(t: Task) -> None:
-            tasks.end_attempt(self._attempt(t, attempt_id), "succeeded", None, None)
+            attempt = self._attempt(t, attempt_id)
+            if attempt is not None:
+                attempt.cost = cost
+            tasks.end_attempt(attempt, "succeeded", None, None)
+            t.cost = cost
             tasks.mark_succeeded(t, files)
 
         await self._commit(task_id, done)
@@ -336,37 +397,50 @@ class Worker:
 
     # --- errors, retries, failover --------------------------------------------------------------
 
-    def _after_error(self, task: Task, attempt_id: int, err: UpstreamError) -> None:
-        attempt = self._attempt(task, attempt_id)
+    async def _upstream_error(
+        self, task_id: str, attempt_id: int, provider: str, err: UpstreamError
+    ) -> None:
+        """Record what the fault says about the provider, then decide the job's next step."""
         if err.operator:
-            log.error(
-                "provider %s refused the studio's account: %s (%s)",
-                task.provider,
-                err.code,
-                err.message,
-            )
+            self.health.record_operator_error(provider, err.message)
+        elif err.retryable or err.ambiguous:
+            self.health.record_failure(provider, err.message)
+        else:
+            # The provider answered properly; the request itself was refused (e.g. content).
+            self.health.record_success(provider)
+        await self._commit(task_id, lambda t: self._after_error(t, attempt_id, err))
+
+    def _after_error(self, task: Task, attempt_id: int, err: UpstreamError) -> None:
+        """Runs in the job's transaction: ambiguous → stop; final → failed; operator or
+        retryable → the same provider later or the next one, until none is left."""
+        attempt = self._attempt(task, attempt_id)
         if err.ambiguous:
             tasks.end_attempt(attempt, "unknown", err.code, err.message)
             tasks.mark_failed(
                 task,
                 "submit_unknown",
                 "The provider may have received this job, but its answer was lost "
-                f"({err.message}). It was not sent again, so it cannot be billed twice; "
+                f"({err.message}) It was not sent again, so it cannot be billed twice; "
                 "press Retry to send it again.",
             )
             return
-        if not err.retryable:
+        if not (err.retryable or err.operator):
             self._fail(task, attempt_id, err)
             return
-        tasks.end_attempt(attempt, "failed", err.code, err.message)
+        # An operator fault or an input this provider cannot take: move on from it for this job.
+        skip = err.operator or err.code == "unsupported_input"
+        tasks.end_attempt(attempt, "skipped" if skip else "failed", err.code, err.message)
         task.status = "queued"
         task.upstream_task_id = None
         task.progress = 0
-        tasks.schedule(
-            task, self._backoff(max(task.poll_delay, self.settings.poll_interval), err.retry_after)
-        )
-        if self._choose_provider(task) is None:
+        if not self._candidates(task):
             tasks.mark_failed(task, err.code, err.message)
+            return
+        if skip:
+            tasks.schedule(task, 0.0)
+        else:
+            base = max(task.poll_delay, self.settings.poll_interval)
+            tasks.schedule(task, self._backoff(base, err.retry_after))
 
     def _fail(self, task: Task, attempt_id: int, err: UpstreamError) -> None:
         tasks.end_attempt(self._attempt(task, attempt_id), "failed", err.code, err.message)

@@ -86,9 +86,9 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
-def default_timeout() -> httpx.Timeout:
+def default_timeout(connect: float = 10.0, read: float = 60.0) -> httpx.Timeout:
     """Every upstream call has a connect and a read deadline; none may hang a job forever."""
-    return httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:

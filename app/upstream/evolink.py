@@ -62,6 +62,7 @@ class EvoLinkProvider:
         price: float,
         name: str = "evolink",
         transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | None = None,
     ) -> None:
         self.name = name
         self.price = price
@@ -69,13 +70,13 @@ class EvoLinkProvider:
         self._files = files_url.rstrip("/")
         self._client = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=default_timeout(),
+            timeout=timeout or default_timeout(),
             transport=transport,
             follow_redirects=False,
         )
         # Result downloads carry no credentials: the links are signed by the provider.
         self._downloads = httpx.AsyncClient(
-            timeout=default_timeout(), transport=transport, follow_redirects=True
+            timeout=timeout or default_timeout(), transport=transport, follow_redirects=True
         )
 
     async def aclose(self) -> None:
@@ -246,7 +247,7 @@ def _json_or_error(response: httpx.Response, *, creating: bool) -> dict[str, Any
             "upstream_unavailable" if status == 503 else "upstream_error",
             _join(f"The provider had a server error (HTTP {status}).", detail),
             retryable=True,
-            ambiguous=creating and status not in (502, 503),
+            # An error answer is an answer: the provider did not take the job.
             http_status=status,
         )
     raise UpstreamError(

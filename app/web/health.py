@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import text
 
 from app.db import session_scope
-from app.web.deps import StudioDep
+from app.web.deps import Studio, StudioDep
 
 router = APIRouter(tags=["health"])
 
@@ -33,16 +35,52 @@ def readyz(studio: StudioDep) -> JSONResponse:
         checks["storage"] = "ok"
     except OSError as exc:
         checks["storage"] = f"error: {type(exc).__name__}"
-    checks["providers"] = ", ".join(studio.provider_names) or "none"
-    worker_up = studio.worker is not None
-    checks["worker"] = "ok" if worker_up else "not running"
+    worker = studio.worker
+    usable = [
+        name
+        for name in studio.provider_names
+        if worker is not None and worker.health.state(name) in ("healthy", "half-open")
+    ]
+    checks["providers"] = ", ".join(usable) or "none usable"
+    checks["worker"] = "ok" if worker is not None else "not running"
     ready = (
-        checks["database"] == "ok"
-        and checks["storage"] == "ok"
-        and bool(studio.provider_names)
-        and worker_up
+        checks["database"] == "ok" and checks["storage"] == "ok" and bool(usable) and bool(worker)
     )
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,
+    )
+
+
+def provider_status(studio: Studio) -> list[dict[str, Any]]:
+    """Each configured provider, cheapest first, with its circuit state and last error."""
+    worker = studio.worker
+    if worker is None:
+        return []
+    known = {item["name"]: item for item in worker.health.snapshot()}
+    out = []
+    for provider in worker.providers:
+        item = known.get(provider.name) or {
+            "name": provider.name,
+            "state": worker.health.state(provider.name),
+            "last_error": None,
+            "calls": 0,
+            "errors": 0,
+            "retry_in_seconds": 0,
+        }
+        out.append({**item, "price": provider.price})
+    return out
+
+
+@router.get("/api/status", summary="Providers: healthy, open circuit or disabled, last error")
+def status_json(studio: StudioDep) -> dict[str, Any]:
+    return {"providers": provider_status(studio), "simulated": studio.settings.simulated}
+
+
+@router.get("/status", response_class=HTMLResponse, include_in_schema=False)
+def status_page(request: Request, studio: StudioDep) -> HTMLResponse:
+    return studio.templates.TemplateResponse(
+        request,
+        "status.html",
+        {"providers": provider_status(studio), "simulated": studio.settings.simulated},
     )
