@@ -22,6 +22,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings.host, settings.port = args.host, args.port
     print(f"Qwen Edit Studio on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(

@@ -146,6 +146,7 @@ class Worker:
             wait = await asyncio.to_thread(self._seconds_to_next)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
+        log.info("worker stopped between steps")
 
     def _seconds_to_next(self) -> float:
         with session_scope(self.sessions) as s:
