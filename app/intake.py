@@ -15,6 +15,7 @@ from app.auth import Principal
 from app.db import session_scope
 from app.errors import InputError
 from app.images import MAX_FILE_BYTES, MAX_IMAGES, ingest_image
+from app.masks import ingest_mask
 from app.models import Task
 from app.prompts import check_prompt
 from app.web.deps import Studio
@@ -99,6 +100,7 @@ def accept_job(
     model: str | None,
     options: dict[str, str],
     client_ip: str | None,
+    mask: Upload | None = None,
 ) -> Task:
     text = check_prompt(prompt)
     model, opts = check_model_and_options(model, options)
@@ -126,7 +128,15 @@ def accept_job(
         upload.file.seek(0)
         inputs.append(tasks.NewInput(ingest_image(upload.file, label=label), name))
 
+    mask_image = None
+    if mask is not None:
+        mask.file.seek(0)
+        first = inputs[0].image
+        mask_image = ingest_mask(mask.file, width=first.width, height=first.height)
+
     written = [(i.image.sha256, i.image.ext) for i in inputs]
+    if mask_image is not None:
+        written.append((mask_image.sha256, mask_image.ext))
     try:
         with session_scope(studio.sessions) as session:
             task, freed = tasks.create_task(
@@ -140,6 +150,7 @@ def accept_job(
                 options=opts,
                 inputs=inputs,
                 client_ip=client_ip,
+                mask=mask_image,
             )
             task_id = task.id
     except BaseException:

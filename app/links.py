@@ -23,6 +23,6 @@ class LinkSigner:
             task_id, role, position = self._s.loads(token, max_age=max_age)
         except (BadSignature, SignatureExpired, ValueError, TypeError):
             return None
-        if role not in ("input", "result") or not isinstance(position, int):
+        if role not in ("input", "result", "mask") or not isinstance(position, int):
             return None
         return str(task_id), role, position

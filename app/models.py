@@ -100,6 +100,10 @@ class Task(Base):
         return [f for f in self.files if f.role == "result"]
 
     @property
+    def mask(self) -> TaskFile | None:
+        return next((f for f in self.files if f.role == "mask"), None)
+
+    @property
     def active(self) -> bool:
         return self.status in ACTIVE
 
@@ -110,7 +114,7 @@ class TaskFile(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
-    role: Mapped[str] = mapped_column(String(8))  # "input" | "result"
+    role: Mapped[str] = mapped_column(String(8))  # "input" | "result" | "mask"
     position: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     ext: Mapped[str] = mapped_column(String(8))

@@ -109,6 +109,7 @@ def create_task(
     inputs: list[NewInput],
     client_ip: str | None,
     source: str = "web",
+    mask: IngestedImage | None = None,
 ) -> tuple[Task, list[FileKey]]:
     """Store the inputs and queue the job; return it and the files a dropped old job freed.
 
@@ -134,22 +135,27 @@ def create_task(
     for position, item in enumerate(inputs):
         img = item.image
         storage.put(img.data, img.ext)
-        task.files.append(
-            TaskFile(
-                role="input",
-                position=position,
-                sha256=img.sha256,
-                ext=img.ext,
-                content_type=img.content_type,
-                width=img.width,
-                height=img.height,
-                size_bytes=len(img.data),
-                original_name=(item.original_name or "")[:255] or None,
-            )
-        )
+        task.files.append(_file_row("input", position, img, item.original_name))
+    if mask is not None:
+        storage.put(mask.data, mask.ext)
+        task.files.append(_file_row("mask", 0, mask, "mask.png"))
     session.add(task)
     session.flush()
     return task, freed
+
+
+def _file_row(role: str, position: int, img: IngestedImage, name: str | None) -> TaskFile:
+    return TaskFile(
+        role=role,
+        position=position,
+        sha256=img.sha256,
+        ext=img.ext,
+        content_type=img.content_type,
+        width=img.width,
+        height=img.height,
+        size_bytes=len(img.data),
+        original_name=(name or "")[:255] or None,
+    )
 
 
 def _make_room(session: Session, settings: Settings, user_id: str) -> list[FileKey]:
@@ -397,6 +403,7 @@ def task_json(task: Task, url_for: UrlFor) -> dict[str, Any]:
         "finished_at": _iso(task.finished_at),
         "inputs": [file_json(task, f, url_for) for f in task.inputs],
         "results": [file_json(task, f, url_for) for f in task.results],
+        "mask": file_json(task, task.mask, url_for) if task.mask else None,
         "error": (
             {"code": task.error_code, "message": task.error_message} if task.error_code else None
         ),

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import tasks
 from app.config import Settings
 from app.db import session_scope
+from app.masks import composite
 from app.models import Task, TaskFile, utcnow
 from app.storage import LocalStorage, Storage
 from app.upstream.base import InputImage, Provider, SubmitRequest, UpstreamError, UpstreamStatus
@@ -264,8 +265,21 @@ class Worker:
             )
             for f in task.inputs
         ]
+        mask = None
+        if task.mask is not None:
+            m = task.mask
+            mask = InputImage(
+                data=self.storage.read(m.sha256, m.ext),
+                content_type=m.content_type,
+                ext=m.ext,
+                public_url=self.input_url(task, m),
+            )
         return SubmitRequest(
-            model=task.model, prompt=task.prompt, images=images, options=dict(task.options or {})
+            model=task.model,
+            prompt=task.prompt,
+            images=images,
+            options=dict(task.options or {}),
+            mask=mask,
         )
 
     def _candidates(self, task: Task) -> list[Provider]:
@@ -340,8 +354,11 @@ class Worker:
             )
             await self._upstream_error(task_id, attempt_id, provider.name, err)
             return
+        masked = None
+        if not getattr(provider, "supports_mask", False):
+            masked = await asyncio.to_thread(self._mask_context, task_id)
         try:
-            files = await self._download_all(provider, status.result_urls)
+            files = await self._download_all(provider, status.result_urls, masked)
         except UpstreamError as err:
             if err.retryable:
                 await self._commit(
@@ -362,12 +379,37 @@ class Worker:
 
         await self._commit(task_id, done)
 
-    async def _download_all(self, provider: Provider, urls: list[str]) -> list[TaskFile]:
+    async def _download_all(
+        self, provider: Provider, urls: list[str], masked: tuple[bytes, bytes] | None
+    ) -> list[TaskFile]:
         files: list[TaskFile] = []
         for position, url in enumerate(urls):
             data = await provider.download(url, self.settings.result_max_bytes)
+            if masked is not None:
+                data = await asyncio.to_thread(self._composite, masked, data)
             files.append(await asyncio.to_thread(self._store_result, data, position))
         return files
+
+    def _mask_context(self, task_id: str) -> tuple[bytes, bytes] | None:
+        """(first input, mask) bytes when the job has a mask the provider did not apply."""
+        with session_scope(self.sessions) as s:
+            task = s.get(Task, task_id)
+            if task is None or task.mask is None or not task.inputs:
+                return None
+            first, mask = task.inputs[0], task.mask
+            return (
+                self.storage.read(first.sha256, first.ext),
+                self.storage.read(mask.sha256, mask.ext),
+            )
+
+    @staticmethod
+    def _composite(masked: tuple[bytes, bytes], result: bytes) -> bytes:
+        try:
+            return composite(masked[0], result, masked[1])
+        except (OSError, ValueError) as exc:
+            raise UpstreamError(
+                "bad_result", "The provider's result is not a usable image."
+            ) from exc
 
     def _store_result(self, data: bytes, position: int) -> TaskFile:
         """Check the bytes decode as an image and keep them as the provider made them.

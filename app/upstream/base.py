@@ -30,6 +30,9 @@ class SubmitRequest:
     images: list[InputImage]
     options: dict[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
+    # White = edit. Sent only to providers with ``supports_mask = True``; for the others the
+    # worker composites the result onto the first input outside the mask (app/masks.py).
+    mask: InputImage | None = None
 
 
 @dataclass(frozen=True)

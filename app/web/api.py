@@ -50,6 +50,12 @@ _TASK_FORM = {
                         "seed": {"type": "integer", "minimum": 0, "maximum": 2147483647},
                         "prompt_extend": {"type": "boolean"},
                         "watermark": {"type": "boolean"},
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Optional greyscale PNG the size of the first image: "
+                            "white = edit, black = keep.",
+                        },
                     },
                 }
             }
@@ -77,6 +83,12 @@ async def create_task(request: Request, studio: StudioDep, user: UserDep) -> dic
             if not isinstance(item, UploadFile):
                 raise InputError("invalid_images", "The field 'images' must carry files.")
             uploads.append(Upload(item.filename, item.size, item.file))
+        mask_part = form.get("mask")
+        mask = None
+        if isinstance(mask_part, UploadFile):
+            mask = Upload(mask_part.filename, mask_part.size, mask_part.file)
+        elif mask_part not in (None, ""):
+            raise InputError("invalid_mask", "The field 'mask' must be a PNG file.")
         prompt = form.get("prompt")
         model = form.get("model")
         options = {k: form.get(k) for k in OPTION_FIELDS if isinstance(form.get(k), str)}
@@ -93,6 +105,7 @@ async def create_task(request: Request, studio: StudioDep, user: UserDep) -> dic
             model=model,
             options=options,  # type: ignore[arg-type]
             client_ip=client_ip(request),
+            mask=mask,
         )
     return render(request, task)
 

@@ -17,7 +17,7 @@ from app.web.deps import SessionDep, StudioDep, UserDep
 
 router = APIRouter(tags=["files"])
 
-ROLES = {"inputs": "input", "results": "result"}
+ROLES = {"inputs": "input", "results": "result", "masks": "mask"}
 
 
 def _find(task: Task, role: str, position: int) -> TaskFile:
