@@ -91,6 +91,7 @@ def main() -> None:
         QES_JOBS_PER_MINUTE_PER_IP="0",
         QES_MAX_RUNNING_PER_USER="1000",
         QES_POLL_INTERVAL="0.2",
+        QES_HISTORY_LIMIT="1000",
     )
     sim = subprocess.Popen(
         [sys.executable, "-m", "app.upstream.simulator", "--port", str(sim_port), "--delay", "0.5"],
