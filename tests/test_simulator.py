@@ -31,6 +31,22 @@ from app.upstream.simulator import SimulatorConfig, SimulatorServer
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-key"
 TASK_ID = re.compile(r"^task-unified-\d{10}-[a-z0-9]{8}$")
+# Every counter the simulator keeps, across the three protocols it speaks.
+ZERO_STATS = {
+    "creates": 0,
+    "queries": 0,
+    "uploads": 0,
+    "fetches": 0,
+    "tasks": 0,
+    "callbacks": 0,
+    "fal_submits": 0,
+    "fal_requests": 0,
+    "fal_status": 0,
+    "fal_results": 0,
+    "fal_webhooks": 0,
+    "dashscope_calls": 0,
+    "dashscope_generations": 0,
+}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -219,12 +235,11 @@ def test_create_poll_and_result_is_inverted_input(
     assert result.headers["content-type"] == "image/png"
     assert_inverted(result.content, studio.files["/inputs/photo.png"][0])
     assert client.get("/_sim/stats").json() == {
+        **ZERO_STATS,
         "creates": 1,
         "queries": len(seen),
-        "uploads": 0,
         "fetches": 1,
         "tasks": 1,
-        "callbacks": 0,
     }
 
 
@@ -653,14 +668,8 @@ def test_config_endpoint_partial_update_validation_and_reset(
     server.config.lose_task = True  # tests in the same process may also flip knobs directly
     assert client.get("/_sim/config").json()["lose_task"] is True
     assert client.post("/_sim/reset").json() == initial
-    assert client.get("/_sim/stats").json() == {
-        "creates": 0,
-        "queries": 0,
-        "uploads": 0,
-        "fetches": 0,
-        "tasks": 0,
-        "callbacks": 0,
-    }
+    assert client.get("/_sim/stats").json() == ZERO_STATS
+    assert client.get("/_sim/requests").json() == {}
 
 
 def test_several_servers_are_independent(input_url: str) -> None:
@@ -718,3 +727,224 @@ def test_cli_runs_a_standalone_server() -> None:
             process.wait(5)
         if process.stdout is not None:
             process.stdout.close()
+
+
+# --- fal.ai queue protocol -----------------------------------------------------------------------
+
+
+def fal_client(server: SimulatorServer, key: str = KEY) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.base_url,
+        headers={"Authorization": f"Key {key}"},
+        trust_env=False,
+        timeout=10,
+    )
+
+
+def data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def test_fal_submit_status_result_shapes(client: httpx.Client, server: SimulatorServer) -> None:
+    set_config(client, delay=1.0)
+    source = sample_image()
+    with fal_client(server) as fal:
+        submitted = fal.post(
+            "/fal-ai/qwen-image-edit", json={"prompt": "invert", "image_url": data_uri(source)}
+        )
+        assert submitted.status_code == 200
+        queued = submitted.json()
+        request_id = queued["request_id"]
+        base = f"{server.base_url}/fal-ai/qwen-image-edit/requests/{request_id}"
+        assert queued == {
+            "request_id": request_id,
+            "gateway_request_id": request_id,
+            "status": "IN_QUEUE",
+            "queue_position": 0,
+            "response_url": base,
+            "status_url": f"{base}/status",
+            "cancel_url": f"{base}/cancel",
+        }
+        first = fal.get(queued["status_url"])
+        assert first.status_code == 202 and first.json()["status"] == "IN_QUEUE"
+        assert first.json()["queue_position"] == 0
+        early = fal.get(queued["response_url"])
+        assert early.status_code == 400 and "in progress" in early.json()["detail"]
+        seen = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            status = fal.get(queued["status_url"], params={"logs": "1"})
+            seen.append((status.status_code, status.json()["status"]))
+            if status.json()["status"] == "COMPLETED":
+                break
+            time.sleep(0.05)
+        assert (202, "IN_PROGRESS") in seen and seen[-1] == (200, "COMPLETED")
+        done = status.json()
+        assert done["logs"] and "inference_time" in done["metrics"] and "error" not in done
+        result = fal.get(queued["response_url"])
+    assert result.status_code == 200
+    output = result.json()
+    assert output["prompt"] == "invert" and isinstance(output["seed"], int)
+    assert output["has_nsfw_concepts"] == [False]
+    [image] = output["images"]
+    assert (image["width"], image["height"], image["content_type"]) == (48, 32, "image/png")
+    assert_inverted(httpx.get(image["url"], trust_env=False).content, source)
+    stats = client.get("/_sim/stats").json()
+    assert (stats["fal_submits"], stats["fal_requests"], stats["fetches"]) == (1, 1, 0)
+
+
+def test_fal_auth_unknown_app_and_unknown_request(
+    client: httpx.Client, server: SimulatorServer
+) -> None:
+    body = {"prompt": "x", "image_url": data_uri(sample_image())}
+    bearer = client.post("/fal-ai/qwen-image-edit", json=body)  # EvoLink's scheme, not fal's
+    assert bearer.status_code == 401 and bearer.json() == {"detail": "Unauthorized"}
+    with fal_client(server) as fal:
+        assert fal.post("/fal-ai/flux/dev", json=body).status_code == 404
+        missing = fal.get("/fal-ai/qwen-image-edit/requests/nope/status")
+        assert missing.status_code == 404 and missing.json() == {"detail": "Request not found"}
+    set_config(client, api_key="only-this")
+    with fal_client(server, "other") as fal:
+        assert fal.post("/fal-ai/qwen-image-edit", json=body).status_code == 401
+
+
+def fal_finished(fal: httpx.Client, body: dict[str, Any], app: str = "qwen-image-edit") -> str:
+    queued = fal.post(f"/fal-ai/{app}", json=body).json()
+    deadline = time.monotonic() + 5
+    while fal.get(queued["status_url"]).json()["status"] != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return queued["request_id"]
+
+
+def test_fal_failed_requests_answer_like_fal(client: httpx.Client, server: SimulatorServer) -> None:
+    body = {"prompt": "x", "image_url": data_uri(sample_image())}
+    with fal_client(server) as fal:
+        set_config(client, task_error="generation_timeout", task_error_count=1)
+        request_id = fal_finished(fal, body)
+        path = f"/fal-ai/qwen-image-edit/requests/{request_id}"
+        status = fal.get(f"{path}/status").json()
+        assert (status["error"], status["error_type"]) == ("Request timed out", "request_timeout")
+        result = fal.get(path)
+        assert result.status_code == 504 and result.headers["x-fal-error-type"] == "request_timeout"
+        assert result.json() == {"detail": "Request timed out", "error_type": "request_timeout"}
+
+        flagged = fal_finished(fal, {**body, "prompt": "x [sim:fail=content_policy_violation]"})
+        refused = fal.get(f"/fal-ai/qwen-image-edit/requests/{flagged}")
+        assert refused.status_code == 422
+        [entry] = refused.json()["detail"]
+        assert entry["type"] == "content_policy_violation" and entry["loc"] == ["body", "prompt"]
+
+        invalid = fal_finished(fal, {**body, "num_images": 9})
+        bad = fal.get(f"/fal-ai/qwen-image-edit/requests/{invalid}")
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "num_images"]
+
+        nsfw = fal_finished(fal, {**body, "prompt": "x [sim:fail=nsfw_output]"})
+        output = fal.get(f"/fal-ai/qwen-image-edit/requests/{nsfw}").json()
+        assert output["has_nsfw_concepts"] == [True]
+        black = Image.open(
+            io.BytesIO(httpx.get(output["images"][0]["url"], trust_env=False).content)
+        )
+        assert black.convert("RGB").getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+@pytest.mark.parametrize(
+    ("status", "answered", "detail"),
+    [
+        (402, 403, "User is locked. Reason: Exhausted balance."),
+        (429, 429, "Too many concurrent requests"),
+        (503, 503, "No runner available"),
+    ],
+)
+def test_fal_submit_faults(
+    client: httpx.Client, server: SimulatorServer, status: int, answered: int, detail: str
+) -> None:
+    set_config(client, create_status=status, create_fail_count=1)
+    body = {"prompt": "x", "image_url": data_uri(sample_image())}
+    with fal_client(server) as fal:
+        refused = fal.post("/fal-ai/qwen-image-edit", json=body)
+        assert refused.status_code == answered and refused.json()["detail"].startswith(detail)
+        assert refused.headers.get("retry-after") == ("1" if status == 429 else None)
+        assert fal.post("/fal-ai/qwen-image-edit", json=body).status_code == 200
+    assert client.get("/_sim/stats").json()["fal_requests"] == 1
+
+
+# --- DashScope synchronous generation ------------------------------------------------------------
+
+DASHSCOPE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
+
+
+def dashscope_body(images: list[str], text: str = "invert", **parameters: Any) -> dict[str, Any]:
+    content: list[dict[str, str]] = [{"image": ref} for ref in images]
+    content.append({"text": text})
+    return {
+        "model": "qwen-image-edit-plus" if parameters else "qwen-image-edit",
+        "input": {"messages": [{"role": "user", "content": content}]},
+        "parameters": parameters,
+    }
+
+
+def test_dashscope_call_shape_and_result(client: httpx.Client, input_url: str) -> None:
+    source = sample_image((40, 30))
+    body = dashscope_body([data_uri(source), input_url], n=2, size="1024*1024", seed=1)
+    assert client.post(DASHSCOPE_PATH, json=body).json()["code"] == "InvalidParameter"  # size, n=2
+    body["parameters"].pop("size")
+    answer = client.post(DASHSCOPE_PATH, json=body)
+    assert answer.status_code == 200
+    data = answer.json()
+    assert set(data) == {"output", "usage", "request_id"}
+    [choice] = data["output"]["choices"]
+    assert choice["finish_reason"] == "stop" and choice["message"]["role"] == "assistant"
+    assert len(choice["message"]["content"]) == 2
+    assert data["usage"] == {"width": 40, "height": 30, "image_count": 2}
+    for item in choice["message"]["content"]:
+        assert_inverted(httpx.get(item["image"], trust_env=False).content, source)
+    stats = client.get("/_sim/stats").json()
+    assert (stats["dashscope_calls"], stats["dashscope_generations"], stats["fetches"]) == (2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"create_status": 402}, 400, "Arrearage"),
+        ({"create_status": 429}, 429, "Throttling.RateQuota"),
+        ({"create_status": 500}, 500, "InternalError"),
+        ({"task_error": "content_policy_violation"}, 400, "DataInspectionFailed"),
+        ({"api_key": "another"}, 401, "InvalidApiKey"),
+    ],
+)
+def test_dashscope_errors(
+    client: httpx.Client, change: dict[str, Any], status: int, code: str
+) -> None:
+    set_config(client, **change)
+    answer = client.post(DASHSCOPE_PATH, json=dashscope_body([data_uri(sample_image())]))
+    assert answer.status_code == status
+    data = answer.json()
+    assert set(data) == {"request_id", "code", "message"} and data["code"] == code
+    assert "retry-after" not in answer.headers
+    assert client.get("/_sim/stats").json()["dashscope_generations"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        dashscope_body([]),
+        dashscope_body(["a", "b", "c", "d"]),
+        dashscope_body([data_uri(b"x")], text=""),
+        {**dashscope_body([data_uri(b"x")]), "model": "qwen-vl-max"},
+        dashscope_body(["ftp://example.com/a.png"]),
+    ],
+    ids=["no-image", "four-images", "no-text", "unknown-model", "not-a-url"],
+)
+def test_dashscope_invalid_requests(client: httpx.Client, body: dict[str, Any]) -> None:
+    answer = client.post(DASHSCOPE_PATH, json=body)
+    assert answer.status_code == 400 and answer.json()["code"] == "InvalidParameter"
+
+
+def test_dashscope_unreadable_input_is_invalid_parameter(
+    client: httpx.Client, studio: LocalHTTP
+) -> None:
+    body = dashscope_body([studio.base_url + "/inputs/missing.png"])
+    answer = client.post(DASHSCOPE_PATH, json=body)
+    assert answer.status_code == 400 and answer.json()["code"] == "InvalidParameter"
+    assert "content[0]" in answer.json()["message"]

@@ -1,14 +1,17 @@
 """Which providers this studio uses, built from the settings, cheapest first.
 
-A provider is used when its key is set and it is enabled. With none, the built-in simulator
-stands in (speaking EvoLink's protocol), so a fresh install works with no key.
+A provider is used when its key is set and it is enabled (``QES_<PROVIDER>_API_KEY`` and
+``QES_<PROVIDER>_ENABLED``); its ``QES_<PROVIDER>_PRICE`` orders it. With none, the built-in
+simulator stands in (speaking EvoLink's protocol), so a fresh install works with no key.
 """
 
 from __future__ import annotations
 
 from app.config import Settings
 from app.upstream.base import Provider
+from app.upstream.dashscope import DashScopeProvider
 from app.upstream.evolink import EvoLinkProvider
+from app.upstream.fal import FalProvider
 
 
 def build_providers(settings: Settings, simulator_url: str | None = None) -> list[Provider]:
@@ -33,4 +36,21 @@ def build_providers(settings: Settings, simulator_url: str | None = None) -> lis
                 price=settings.evolink_price,
             )
         )
+    if settings.fal_api_key and settings.fal_enabled:
+        providers.append(
+            FalProvider(
+                api_key=settings.fal_api_key,
+                base_url=settings.fal_base_url,
+                price=settings.fal_price,
+            )
+        )
+    if settings.dashscope_api_key and settings.dashscope_enabled:
+        providers.append(
+            DashScopeProvider(
+                api_key=settings.dashscope_api_key,
+                base_url=settings.dashscope_base_url,
+                price=settings.dashscope_price,
+            )
+        )
+    # sorted() is stable: at equal prices the order above (EvoLink, fal, DashScope) holds.
     return sorted(providers, key=lambda p: p.price)

@@ -1,4 +1,4 @@
-"""A local stand-in for EvoLink's image-edit and files APIs, served over real HTTP.
+"""A local stand-in for the studio's upstreams (EvoLink, fal.ai, DashScope), over real HTTP.
 
 Why it exists: the studio has to be run end to end (uploads, signed input links, polling,
 callbacks and every error path) without an EvoLink key or internet access, much as stripe-mock
@@ -11,6 +11,13 @@ control surface to inject faults:
   ``GET /_sim/stats`` returns request counters.
 - Prompt directives for page-level tests: ``[sim:fail=<code>]`` ends that task ``failed`` with the
   task error code; ``[sim:delay=<seconds>]`` overrides the delay for that task.
+- ``GET /_sim/requests`` lists the last request bodies received per protocol (data URIs shortened
+  to their type, size and SHA-256), so a test can see how an adapter mapped the options.
+
+The same server also speaks fal.ai's queue protocol (``/fal-ai/...``, see sim_fal.py) and
+DashScope's synchronous multimodal generation (``/api/v1/services/aigc/...``, see
+sim_dashscope.py), with the same edit, the same result links and the same fault knobs where they
+make sense, so every provider adapter is tested against a server.
 
 The "edit" is a colour inversion of the first input, so tests can check the output pixel by pixel
 and a human can see in the browser that something happened.
@@ -31,6 +38,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -86,6 +94,8 @@ _HANG_POLL = 0.05
 _MAX_TASKS = 2000
 _MAX_UPLOADS = 500
 _CREDITS_PER_IMAGE = 2.3
+_MAX_RECORDED = 50
+_DATA_URI = re.compile(r"data:([^;,]*)(;base64)?,(.*)", re.DOTALL)
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _DIRECTIVE = re.compile(r"\[sim:(fail|delay)=([^\]]*)\]")
 
@@ -252,10 +262,12 @@ class _InvalidRequest(Exception):
 
 
 class _TaskFailed(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, index: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # Which input was at fault, so other protocols can word the failure their own way.
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -315,7 +327,8 @@ class _LostAnswer(Response):
 
 
 class _Simulator:
-    """All state of one simulated EvoLink account; one per app so servers stay independent."""
+    """All state of one simulated account (EvoLink, fal.ai and DashScope share it); one per app
+    so servers stay independent."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
@@ -326,12 +339,57 @@ class _Simulator:
         self.results: dict[str, bytes] = {}
         self.stats = self._zero_stats()
         self.background: set[asyncio.Task[None]] = set()
+        self.received: dict[str, collections.deque[dict[str, Any]]] = {}
         # Set from another thread by SimulatorServer.stop() so hung requests let go at once.
         self.stopping = False
+        # Imported here: both modules build on this one's helpers (no import cycle at load time).
+        from app.upstream.sim_dashscope import DashScopeSync
+        from app.upstream.sim_fal import FalQueue
+
+        self.fal = FalQueue(self)
+        self.dashscope = DashScopeSync(self)
 
     @staticmethod
     def _zero_stats() -> dict[str, int]:
-        return {"creates": 0, "queries": 0, "uploads": 0, "fetches": 0, "tasks": 0, "callbacks": 0}
+        return {
+            "creates": 0,
+            "queries": 0,
+            "uploads": 0,
+            "fetches": 0,
+            "tasks": 0,
+            "callbacks": 0,
+            # fal.ai queue: POSTs, requests accepted, status and result reads, webhook deliveries
+            "fal_submits": 0,
+            "fal_requests": 0,
+            "fal_status": 0,
+            "fal_results": 0,
+            "fal_webhooks": 0,
+            # DashScope: calls received, and calls that produced images (what DashScope bills)
+            "dashscope_calls": 0,
+            "dashscope_generations": 0,
+        }
+
+    def record(self, protocol: str, path: str, body: Any) -> None:
+        """Keeps the last request bodies per protocol for tests, data URIs shortened."""
+        log = self.received.setdefault(protocol, collections.deque(maxlen=_MAX_RECORDED))
+        log.append({"path": path, "body": _shorten_data_uris(body)})
+
+    def store_result(self, png: bytes, base_url: str) -> tuple[str, str]:
+        """Keeps one result image and returns its id and signed, expiring link."""
+        expires_ms = int((time.time() + self.config.result_ttl) * 1000)
+        result_id = secrets.token_hex(8)
+        self.results[result_id] = png
+        token = f"{result_id}-{expires_ms}-{self._signature(result_id, expires_ms)}"
+        return result_id, f"{base_url}/files/results/{token}.png"
+
+    async def wait(self, request: Request, seconds: float) -> bool:
+        """Sleeps like a slow upstream; False if the server stops or the caller goes away."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stopping or await request.is_disconnected():
+                return False
+            await asyncio.sleep(min(_HANG_POLL, left))
+        return True
 
     # --- control ---------------------------------------------------------------------------
 
@@ -355,11 +413,17 @@ class _Simulator:
         self.tasks.clear()
         self.uploads.clear()
         self.results.clear()
+        self.received.clear()
+        self.fal.reset()
+        self.dashscope.reset()
         self.stats = self._zero_stats()
         return JSONResponse(self.config.to_dict())
 
     async def get_stats(self, request: Request) -> Response:
         return JSONResponse(self.stats)
+
+    async def get_requests(self, request: Request) -> Response:
+        return JSONResponse({name: list(log) for name, log in self.received.items()})
 
     async def cancel_background(self) -> None:
         pending = list(self.background)
@@ -390,6 +454,7 @@ class _Simulator:
             )
         if self.config.malformed_json:
             return _malformed()
+        self.record("evolink", request.url.path, body)
         try:
             parsed = _validate_create(body)
         except _InvalidRequest as exc:
@@ -533,13 +598,10 @@ class _Simulator:
             task.error = {"code": error[0], "message": error[1], "type": "task_error"}
         else:
             assert png is not None
-            expires_ms = int((time.time() + self.config.result_ttl) * 1000)
             for _ in range(task.n):
-                result_id = secrets.token_hex(8)
-                self.results[result_id] = png
+                result_id, url = self.store_result(png, task.base_url)
                 task.result_ids.append(result_id)
-                token = f"{result_id}-{expires_ms}-{self._signature(result_id, expires_ms)}"
-                task.results.append(f"{task.base_url}/files/results/{token}.png")
+                task.results.append(url)
             task.final_progress = 100
             task.status = "completed"
         task.ended_at = time.time()
@@ -765,6 +827,9 @@ class _Simulator:
             Route("/_sim/config", self.set_config, methods=["POST"]),
             Route("/_sim/reset", self.reset, methods=["POST"]),
             Route("/_sim/stats", self.get_stats, methods=["GET"]),
+            Route("/_sim/requests", self.get_requests, methods=["GET"]),
+            *self.fal.routes(),
+            *self.dashscope.routes(),
         ]
 
 
@@ -868,6 +933,7 @@ async def _fetch_image(client: httpx.AsyncClient, url: str, index: int) -> bytes
                     "image_processing_error",
                     f"Image processing failed: image_urls[{index}] could not be downloaded "
                     f"(HTTP {response.status_code}).",
+                    index,
                 )
             chunks: list[bytes] = []
             size = 0
@@ -877,6 +943,7 @@ async def _fetch_image(client: httpx.AsyncClient, url: str, index: int) -> bytes
                     raise _TaskFailed(
                         "image_processing_error",
                         f"Image processing failed: image_urls[{index}] is too large.",
+                        index,
                     )
                 chunks.append(chunk)
     except httpx.HTTPError as exc:
@@ -884,6 +951,7 @@ async def _fetch_image(client: httpx.AsyncClient, url: str, index: int) -> bytes
             "image_processing_error",
             f"Image processing failed: image_urls[{index}] could not be downloaded "
             f"({type(exc).__name__}).",
+            index,
         ) from exc
     return b"".join(chunks)
 
@@ -897,12 +965,81 @@ def _invert_first(images: list[bytes]) -> bytes:
             raise _TaskFailed(
                 "image_processing_error",
                 f"Image processing failed: image_urls[{index}] is not a readable image.",
+                index,
             ) from exc
     with Image.open(io.BytesIO(images[0])) as source:
         inverted = ImageOps.invert(source.convert("RGB"))
     out = io.BytesIO()
     inverted.save(out, format="PNG")
     return out.getvalue()
+
+
+def decode_data_uri(ref: str, index: int) -> bytes:
+    """The bytes of a ``data:<type>;base64,<data>`` input, as fal and DashScope accept them."""
+    match = _DATA_URI.fullmatch(ref)
+    if match is None or not match.group(2):
+        raise _TaskFailed(
+            "image_processing_error", f"input {index} is not a base64 data URI.", index
+        )
+    try:
+        return base64.b64decode("".join(match.group(3).split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _TaskFailed(
+            "image_processing_error", f"input {index} is not valid base64.", index
+        ) from exc
+
+
+async def load_and_edit(core: _Simulator, refs: Sequence[str]) -> bytes:
+    """Reads every input (an http(s) URL fetched like the upstream would, or a data URI) and
+    returns the deterministic edit: the first image inverted, as PNG."""
+    images: list[bytes] = []
+    async with httpx.AsyncClient(
+        timeout=_FETCH_TIMEOUT, follow_redirects=True, trust_env=False
+    ) as client:
+        for index, ref in enumerate(refs):
+            if ref.startswith("data:"):
+                images.append(decode_data_uri(ref, index))
+                continue
+            if not _is_http_url(ref):
+                raise _TaskFailed(
+                    "image_processing_error", f"input {index} is not a URL or data URI.", index
+                )
+            core.stats["fetches"] += 1
+            images.append(await _fetch_image(client, ref, index))
+    return await asyncio.to_thread(_invert_first, images)
+
+
+def blank_like(png: bytes) -> bytes:
+    """A black PNG of the same size: what fal returns in place of an image its checker flagged."""
+    with Image.open(io.BytesIO(png)) as source:
+        size = source.size
+    out = io.BytesIO()
+    Image.new("RGB", size).save(out, format="PNG")
+    return out.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.size
+
+
+def _shorten_data_uris(value: Any) -> Any:
+    """Replaces each data URI by its type, size and hash, so recorded bodies stay small."""
+    if isinstance(value, str) and value.startswith("data:"):
+        match = _DATA_URI.fullmatch(value)
+        if match is None or not match.group(2):
+            return "data:(not base64)"
+        try:
+            data = base64.b64decode("".join(match.group(3).split()), validate=True)
+        except (binascii.Error, ValueError):
+            return f"data:{match.group(1)};base64,(invalid)"
+        digest = hashlib.sha256(data).hexdigest()
+        return f"data:{match.group(1)};base64,(bytes={len(data)},sha256={digest})"
+    if isinstance(value, dict):
+        return {key: _shorten_data_uris(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shorten_data_uris(item) for item in value]
+    return value
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -1098,12 +1235,13 @@ class SimulatorServer:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m app.upstream.simulator",
-        description="Local EvoLink image-edit API simulator (tasks + files API on one server).",
+        description="Local upstream simulator: EvoLink tasks + files API, fal.ai queue and "
+        "DashScope multimodal generation, on one server.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--delay", type=float, default=3.0, help="seconds until a task completes")
-    parser.add_argument("--api-key", default=None, help="only accept this Bearer key")
+    parser.add_argument("--api-key", default=None, help="only accept this key (Bearer; fal: Key)")
     parser.add_argument("--result-ttl", type=float, default=86400.0, help="result link lifetime")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
