@@ -79,7 +79,9 @@ def status_json(studio: StudioDep) -> dict[str, Any]:
 
 @router.get("/status", response_class=HTMLResponse, include_in_schema=False)
 def status_page(request: Request, studio: StudioDep) -> HTMLResponse:
-    return studio.templates.TemplateResponse(
+    from app.web.pages import _render  # the page's shared context (language, strings)
+
+    return _render(
         request,
         "status.html",
         {"providers": provider_status(studio), "simulated": studio.settings.simulated},
