@@ -89,7 +89,7 @@ class Settings(BaseSettings):
 
     # Kiosk
     kiosk: bool = False
-    kiosk_idle_seconds: int = Field(90, ge=10)
+    kiosk_idle_seconds: int = Field(90, ge=1)
 
     # Signed links
     link_ttl: int = Field(3600, ge=60)

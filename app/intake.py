@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from app import tasks
+from app import spend, tasks
 from app.auth import Principal
 from app.db import session_scope
 from app.errors import InputError
@@ -20,7 +20,8 @@ from app.models import Task
 from app.prompts import check_prompt
 from app.web.deps import Studio
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and the bidirectional overrides that can make a name read backwards.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ def accept_job(
         )
     # Limits first: a refused request must not pay for decoding three images.
     with session_scope(studio.sessions) as session:
-        tasks.check_limits(session, studio.settings, user.user_id, client_ip)
+        tasks.check_limits(
+            session, studio.settings, user.user_id, client_ip, spend.requested_images(opts)
+        )
     inputs = []
     for index, upload in enumerate(uploads):
         name = display_name(upload.filename)
@@ -152,6 +155,9 @@ def accept_job(
                 client_ip=client_ip,
                 mask=mask_image,
             )
+            # The spend ledger row, in the same transaction: the job and its cost stand or fall
+            # together, and deleting the job later does not lower the daily spend.
+            spend.record(session, studio.settings, task)
             task_id = task.id
     except BaseException:
         with session_scope(studio.sessions) as session:

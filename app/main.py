@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import prompts, tasks
+from app import i18n, prompts, tasks
 from app.auth import SessionCodec
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, run_migrations
@@ -26,7 +26,7 @@ from app.models import Task, TaskFile
 from app.storage import LocalStorage
 from app.upstream.base import Provider
 from app.upstream.registry import build_providers
-from app.web import api, callbacks, files, health, pages
+from app.web import api, callbacks, files, gateway, health, pages, usage
 from app.web.deps import Studio
 from app.web.middleware import BodyLimit, CrossOriginGuard, SessionAndHeaders
 from app.worker import Worker
@@ -91,6 +91,7 @@ def create_app(
             callback_url=callbacks.url_builder(settings.public_base_url),
         )
         studio.worker = worker
+        gateway.install(app)
         runner = asyncio.create_task(worker.run_forever(), name="qes-worker")
         try:
             yield
@@ -119,6 +120,8 @@ def create_app(
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(callbacks.router)
+    app.include_router(gateway.router)
+    app.include_router(usage.router)
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
 
     @app.exception_handler(StudioError)
@@ -128,8 +131,15 @@ def create_app(
             headers["Retry-After"] = str(exc.retry_after)
         if request.url.path.startswith("/partials/") or _wants_html(request):
             return pages.error_response(request, exc, headers)
+        message = exc.message
+        # The page's own requests carry its language (the `lang` cookie or Accept-Language);
+        # scripts that say nothing, and the EvoLink-compatible /v1 gateway, get English.
+        if i18n.asked_for_language(request) and not request.url.path.startswith("/v1/"):
+            lang = i18n.request_lang(request)
+            message = i18n.error_message(exc.code, exc.message, lang)
+            headers["Content-Language"] = i18n.HTML_LANG[lang]
         return JSONResponse(
-            {"error": {"code": exc.code, "message": exc.message}},
+            {"error": {"code": exc.code, "message": message}},
             status_code=exc.status_code,
             headers=headers,
         )

@@ -157,3 +157,38 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class UsageEvent(Base):
+    """One accepted job's spend, kept apart from the job: the ledger behind QES_DAILY_SPEND_LIMIT.
+
+    Why a separate table: the limit must not drop when a user deletes a job (or the history cap
+    drops one), so the amount lives in a row that deleting the job does not touch (no foreign
+    key to ``tasks`` on purpose). One row per job:
+
+    * written when the job is accepted, as a *reservation*: ``images`` (the job's ``n``, else 1)
+      times ``unit_price``, the cheapest configured provider's price, ``status`` = ``queued``;
+    * *settled* to what the job really cost whenever the user's spend is computed and once more
+      just before the job row is deleted: ``status`` becomes the job's last known status,
+      ``provider``/``images``/``unit_price`` those it ran with, and ``amount`` the job's ``cost``
+      (or images × price), 0 for ``failed``/``canceled`` (providers do not bill those).
+
+    Reading it for a usage page: a user's spend on a UTC day is ``sum(amount)`` over their rows
+    with ``created_at`` on that day; rows with ``status`` queued/running are still estimates.
+    Prices are in the providers' configured unit (``QES_*_PRICE``). ``client_ip`` lets the
+    per-address rate limit count jobs that were deleted since.
+    """
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_user_created", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(40))
+    task_id: Mapped[str] = mapped_column(String(32), unique=True)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    provider: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    images: Mapped[int] = mapped_column(Integer, default=1)
+    unit_price: Mapped[float] = mapped_column(default=0.0)
+    amount: Mapped[float] = mapped_column(default=0.0)

@@ -57,6 +57,12 @@ def check_prompt(prompt: str | None) -> str:
         raise InputError("prompt_empty", "The prompt is empty: describe the edit you want.")
     if "\x00" in text:
         raise InputError("prompt_invalid", "The prompt contains a NUL character.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            "prompt_invalid", "The prompt is not valid Unicode text (it has a lone surrogate)."
+        ) from None
     tokens = count_tokens(text)
     if tokens > MAX_PROMPT_TOKENS:
         raise InputError(

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app import spend
 from app.config import Settings
 from app.errors import NotFound, StudioError
 from app.images import IngestedImage
@@ -56,9 +57,19 @@ def ensure_user(session: Session, user_id: str, name: str | None = None) -> User
     return user
 
 
-def check_limits(session: Session, settings: Settings, user_id: str, client_ip: str | None) -> None:
-    """Refuse a new job that would pass the per-user and per-address limits (before any upload is
-    stored, so a refused request leaves nothing behind)."""
+def check_limits(
+    session: Session,
+    settings: Settings,
+    user_id: str,
+    client_ip: str | None,
+    images: int = 1,
+) -> None:
+    """Refuse a new job that would pass the per-user and per-address limits or the daily spend
+    limit (before any upload is stored, so a refused request leaves nothing behind).
+
+    ``images`` is how many result images the new job asks for (its ``n``), for the spend limit.
+    Jobs deleted since still count toward the per-minute and spend limits (see app/spend.py).
+    """
     now = utcnow()
     running = session.scalar(
         select(func.count()).where(Task.user_id == user_id, Task.status.in_(ACTIVE))
@@ -71,21 +82,15 @@ def check_limits(session: Session, settings: Settings, user_id: str, client_ip: 
             max(2, int(settings.poll_interval * 5)),
         )
     window = now - timedelta(minutes=1)
-    checks = [
-        (settings.jobs_per_minute, Task.user_id == user_id, "per user"),
+    checks: list[tuple[int, dict[str, str], str]] = [
+        (settings.jobs_per_minute, {"user_id": user_id}, "per user"),
     ]
     if client_ip:
-        checks.append((settings.jobs_per_minute_per_ip, Task.client_ip == client_ip, "per address"))
-    for limit, where, label in checks:
+        checks.append((settings.jobs_per_minute_per_ip, {"client_ip": client_ip}, "per address"))
+    for limit, who, label in checks:
         if not limit:
             continue
-        recent = list(
-            session.scalars(
-                select(Task.created_at)
-                .where(where, Task.created_at > window)
-                .order_by(Task.created_at)
-            )
-        )
+        recent = spend.recent_starts(session, window, **who)
         if len(recent) >= limit:
             wait = (recent[-limit] + timedelta(minutes=1) - now).total_seconds()
             raise LimitError(
@@ -94,6 +99,35 @@ def check_limits(session: Session, settings: Settings, user_id: str, client_ip: 
                 f"Try again in {max(1, int(wait) + 1)} seconds.",
                 int(wait) + 1,
             )
+    if settings.daily_spend_limit > 0:
+        _check_daily_spend(session, settings, user_id, images, now)
+
+
+def _check_daily_spend(
+    session: Session, settings: Settings, user_id: str, images: int, now: datetime
+) -> None:
+    """QES_DAILY_SPEND_LIMIT: refuse a job whose least cost would take today's spend past it."""
+    limit = settings.daily_spend_limit
+    spent = spend.spent_today(session, settings, user_id, now)
+    cost = spend.reservation_price(settings) * max(1, images)
+    if spent + cost <= limit + spend.EPSILON:
+        return
+    wait = spend.seconds_to_utc_midnight(now)
+    hours, minutes = divmod((wait + 59) // 60, 60)
+    raise LimitError(
+        "daily_spend_limit",
+        f"Your daily spending limit of {_money(limit)} is reached: you have spent "
+        f"{_money(spent)} today (UTC) and this job would cost at least {_money(cost)}. "
+        f"Try again after midnight UTC, in {hours} h {minutes} min.",
+        wait,
+    )
+
+
+def _money(value: float) -> str:
+    """Prices as configured (0.0319 stays 0.0319, 0.1 shows as 0.10)."""
+    text = f"{value:.4f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 def create_task(
@@ -235,11 +269,17 @@ def delete_task(session: Session, user_id: str, task_id: str) -> list[FileKey]:
     return _delete(session, task)
 
 
-def retry_task(session: Session, user_id: str, task_id: str) -> Task:
-    """Queue a failed or canceled job again with the same inputs (a fresh round of attempts)."""
+def retry_task(
+    session: Session, settings: Settings, user_id: str, task_id: str, client_ip: str | None
+) -> Task:
+    """Queue a failed or canceled job again with the same inputs (a fresh round of attempts).
+
+    A retry may be billed again, so the running and spend limits apply as to a new job."""
     task = get_task(session, user_id, task_id)
     if task.status not in ("failed", "canceled"):
         raise StudioError("not_retryable", "Only a failed or canceled job can be retried.", 409)
+    n = (task.options or {}).get("n", 1)
+    check_limits(session, settings, user_id, client_ip, images=n if isinstance(n, int) else 1)
     task.status = "queued"
     task.progress = 0
     task.error_code = task.error_message = None
@@ -250,6 +290,8 @@ def retry_task(session: Session, user_id: str, task_id: str) -> Task:
     task.next_check_at = utcnow()
     task.poll_delay = 0.0
     task.attempts = 0
+    if task.client_callback_url:
+        task.client_callback_state = "pending"  # the gateway client hears the new outcome too
     return task
 
 

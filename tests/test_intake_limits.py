@@ -156,3 +156,17 @@ def test_per_minute_limit_answers_429_with_retry_after(tmp_path, sim, make_clien
     assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) >= 1
     assert "2 per minute" in refused.json()["error"]["message"]
+
+
+def test_retry_obeys_the_running_limit(tmp_path, sim, make_client):
+    from tests.conftest import studio_settings, wait_for
+
+    client = make_client(studio_settings(tmp_path, sim, max_running_per_user=1))
+    failed = post_job(client, "x [sim:fail=content_policy_violation]").json()
+    assert wait_for(client, failed["id"])["status"] == "failed"
+    sim.config.delay = 30
+    assert post_job(client, "busy").status_code == 202
+    refused = client.post(f"/api/tasks/{failed['id']}/retry")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_running"
+    assert client.get(f"/api/tasks/{failed['id']}").json()["status"] == "failed"

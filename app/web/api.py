@@ -16,6 +16,7 @@ from app.errors import InputError, NotFound, StudioError
 from app.intake import Upload, accept_job
 from app.models import ApiToken, Task, TaskFile
 from app.web.deps import SessionDep, StudioDep, UserDep, client_ip
+from app.web.forms import job_form
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -77,7 +78,7 @@ def render(request: Request, task: Task) -> dict[str, Any]:
 
 @router.post("/tasks", status_code=202, openapi_extra=_TASK_FORM, summary="Start an edit job")
 async def create_task(request: Request, studio: StudioDep, user: UserDep) -> dict[str, Any]:
-    async with request.form(max_files=10, max_fields=50) as form:
+    async with job_form(request, max_files=10, max_fields=50) as form:
         uploads = []
         for item in form.getlist("images"):
             if not isinstance(item, UploadFile):
@@ -141,7 +142,7 @@ def delete_task(task_id: str, studio: StudioDep, user: UserDep, session: Session
 def retry_task(
     request: Request, task_id: str, studio: StudioDep, user: UserDep, session: SessionDep
 ) -> dict[str, Any]:
-    task = tasks.retry_task(session, user.user_id, task_id)
+    task = tasks.retry_task(session, studio.settings, user.user_id, task_id, client_ip(request))
     session.commit()
     if studio.worker is not None:
         studio.worker.wake()
@@ -149,7 +150,7 @@ def retry_task(
 
 
 class TokenIn(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 def _cookie_or_proxy_only(user: auth.Principal) -> None:

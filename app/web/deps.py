@@ -44,7 +44,9 @@ def get_session(studio: StudioDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client that got its answer (a
+# revoked token, a deleted job) never races the commit with its next request.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def client_ip(request: Request) -> str | None:

@@ -5,7 +5,8 @@
 - :class:`SessionAndHeaders` gives each browser its signed anonymous-session cookie and adds the
   security headers (CSP without inline script, nosniff, referrer policy, frame-ancestors).
 - :class:`CrossOriginGuard` refuses state-changing browser requests sent from another site: the
-  token-free CSRF check (Sec-Fetch-Site, then Origin). Bearer requests carry no cookie and pass.
+  token-free CSRF check (Sec-Fetch-Site, then Origin). Requests authenticated by a personal API
+  token (``Authorization: Bearer qes_...``) carry no ambient credential and pass.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.auth import SESSION_COOKIE, SessionCodec
+from app.auth import SESSION_COOKIE, SessionCodec, bearer_token
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 
@@ -32,6 +33,11 @@ async def _send_json(send: Send, status: int, code: str, message: str, extra: di
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                # These answers leave before SessionAndHeaders runs; they get its headers too.
+                (b"content-security-policy", CSP.encode()),
+                (b"x-content-type-options", b"nosniff"),
+                (b"referrer-policy", b"same-origin"),
+                (b"x-frame-options", b"DENY"),
             ],
         }
     )
@@ -108,6 +114,15 @@ CSP = (
 
 
 class SessionAndHeaders:
+    """The anonymous session cookie and the security headers, on every response.
+
+    The cookie is HttpOnly and SameSite=Lax always, and Secure when the request came over https:
+    either directly (the ASGI scheme) or through a TLS-terminating proxy that says so in
+    ``X-Forwarded-Proto``. Believing that header from anyone is safe here: all it can do is mark
+    the sender's own new cookie Secure. Requests that authenticate with a personal API token get
+    no cookie: scripts have no use for one.
+    """
+
     def __init__(self, app: ASGIApp, codec: SessionCodec) -> None:
         self.app = app
         self.codec = codec
@@ -128,9 +143,11 @@ class SessionAndHeaders:
         new_cookie: str | None = None
         if user_id is None:
             user_id = self.codec.new_user_id()
-            new_cookie = self.codec.dumps(user_id)
+            if bearer_token(_header(scope, b"authorization")) is None:
+                new_cookie = self.codec.dumps(user_id)
         scope.setdefault("state", {})["anon_user"] = user_id
-        secure = scope.get("scheme") == "https"
+        forwarded = (_header(scope, b"x-forwarded-proto") or "").split(",")[0].strip().lower()
+        secure = scope.get("scheme") == "https" or forwarded == "https"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -159,6 +176,16 @@ class SessionAndHeaders:
 
 
 class CrossOriginGuard:
+    """Token-free CSRF protection for every unsafe method (POST, PUT, PATCH, DELETE).
+
+    A browser says where a request comes from: ``Sec-Fetch-Site`` (all current browsers) or, older
+    ones, ``Origin``. Anything but ``same-origin`` (or ``none``: typed by the user) is refused,
+    ``same-site`` too, since a sibling subdomain is another party. A request with neither header
+    is not from a browser and cannot carry a victim's cookie against their will. A request with
+    one of our Bearer tokens is authenticated by that token alone; a cross-site page cannot set
+    that header (it would need a CORS preflight the studio never grants).
+    """
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -166,17 +193,17 @@ class CrossOriginGuard:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        if (_header(scope, b"authorization") or "").lower().startswith("bearer "):
+        if bearer_token(_header(scope, b"authorization")) is not None:
             await self.app(scope, receive, send)
             return
         site = _header(scope, b"sec-fetch-site")
         origin = _header(scope, b"origin")
-        host = _header(scope, b"host")
+        host = (_header(scope, b"host") or "").lower()
         refused = False
         if site is not None:
-            refused = site not in ("same-origin", "none")
+            refused = site.strip().lower() not in ("same-origin", "none")
         elif origin is not None and origin != "null":
-            refused = urlsplit(origin).netloc != host
+            refused = urlsplit(origin.strip()).netloc.lower() != host
         elif origin == "null":
             refused = True
         if refused:
@@ -184,7 +211,8 @@ class CrossOriginGuard:
                 send,
                 403,
                 "cross_site_request",
-                "This request came from another site and was refused (CSRF protection).",
+                "This request came from another site and was refused (CSRF protection): "
+                "use the studio's own page, or a script with a personal API token.",
             )
             return
         await self.app(scope, receive, send)
