@@ -14,7 +14,7 @@ from app import spend, tasks
 from app.auth import Principal
 from app.db import session_scope
 from app.errors import InputError
-from app.images import MAX_FILE_BYTES, MAX_IMAGES, ingest_image
+from app.images import MAX_FILE_BYTES, MAX_IMAGES, IngestedImage, ingest_image
 from app.masks import ingest_mask
 from app.models import Task
 from app.prompts import check_prompt
@@ -137,9 +137,42 @@ def accept_job(
         first = inputs[0].image
         mask_image = ingest_mask(mask.file, width=first.width, height=first.height)
 
+    task = store_job(
+        studio,
+        user,
+        prompt=text,
+        model=model,
+        options=opts,
+        inputs=inputs,
+        client_ip=client_ip,
+        mask=mask_image,
+    )
+    if studio.worker is not None:
+        studio.worker.wake()
+    return task
+
+
+def store_job(
+    studio: Studio,
+    user: Principal,
+    *,
+    prompt: str,
+    model: str,
+    options: dict[str, Any],
+    inputs: list[tasks.NewInput],
+    client_ip: str | None,
+    mask: IngestedImage | None = None,
+    source: str = "web",
+    client_callback_url: str | None = None,
+) -> Task:
+    """Store checked inputs and queue the job, for every entrance (page and /api, /v1 gateway).
+
+    The job row, its files and its spend-ledger row are one transaction; if it fails, the files
+    it wrote are removed again. Files of an old job the history cap dropped go after the commit.
+    """
     written = [(i.image.sha256, i.image.ext) for i in inputs]
-    if mask_image is not None:
-        written.append((mask_image.sha256, mask_image.ext))
+    if mask is not None:
+        written.append((mask.sha256, mask.ext))
     try:
         with session_scope(studio.sessions) as session:
             task, freed = tasks.create_task(
@@ -148,13 +181,17 @@ def accept_job(
                 studio.settings,
                 user_id=user.user_id,
                 user_name=user.name,
-                prompt=text,
+                prompt=prompt,
                 model=model,
-                options=opts,
+                options=options,
                 inputs=inputs,
                 client_ip=client_ip,
-                mask=mask_image,
+                source=source,
+                mask=mask,
             )
+            if client_callback_url:
+                task.client_callback_url = client_callback_url
+                task.client_callback_state = "pending"
             # The spend ledger row, in the same transaction: the job and its cost stand or fall
             # together, and deleting the job later does not lower the daily spend.
             spend.record(session, studio.settings, task)
@@ -168,6 +205,4 @@ def accept_job(
         task = session.get(Task, task_id)
         assert task is not None
         _ = task.files, task.attempt_rows
-    if studio.worker is not None:
-        studio.worker.wake()
     return task

@@ -41,7 +41,7 @@ from app.db import session_scope
 from app.errors import InputError, NotFound, StudioError
 from app.fetcher import SafeFetcher
 from app.images import MAX_IMAGES, ingest_image
-from app.intake import check_model_and_options, display_name
+from app.intake import check_model_and_options, display_name, store_job
 from app.models import Task
 from app.prompts import check_prompt
 from app.web import files
@@ -451,39 +451,18 @@ def _store_job(
     inputs: list[tasks.NewInput],
     ip: str | None,
 ) -> Task:
-    """Queue the job like accept_job does; if writing fails half-way, what was written goes."""
-    written = [(i.image.sha256, i.image.ext) for i in inputs]
-    try:
-        with session_scope(studio.sessions) as session:
-            task, freed = tasks.create_task(
-                session,
-                studio.storage,
-                studio.settings,
-                user_id=user.user_id,
-                user_name=user.name,
-                prompt=parsed.prompt,
-                model=parsed.model,
-                options=parsed.options,
-                inputs=inputs,
-                client_ip=ip,
-                source="gateway",
-            )
-            # The spend ledger row, in the same transaction, as for jobs from the page and /api.
-            spend.record(session, studio.settings, task)
-            if parsed.callback_url:
-                task.client_callback_url = parsed.callback_url
-                task.client_callback_state = "pending"
-            task_id = task.id
-    except BaseException:
-        with session_scope(studio.sessions) as session:
-            tasks.remove_files(session, studio.storage, written)
-        raise
-    with session_scope(studio.sessions) as session:
-        tasks.remove_files(session, studio.storage, freed)
-        stored = session.get(Task, task_id)
-        assert stored is not None
-        _ = stored.files
-        return stored
+    """Queue the job through the same door as the page and /api (intake.store_job)."""
+    return store_job(
+        studio,
+        user,
+        prompt=parsed.prompt,
+        model=parsed.model,
+        options=parsed.options,
+        inputs=inputs,
+        client_ip=ip,
+        source="gateway",
+        client_callback_url=parsed.callback_url,
+    )
 
 
 # --- routes -------------------------------------------------------------------------------------
