@@ -332,8 +332,22 @@ def due_task_ids(session: Session, limit: int, owner: str) -> list[str]:
     )
 
 
-def next_due_at(session: Session) -> datetime | None:
-    return session.scalar(select(func.min(Task.next_check_at)).where(Task.status.in_(ACTIVE)))
+def renew_leases(session: Session, task_ids: list[str], owner: str, lease_seconds: float) -> None:
+    session.execute(
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.lease_owner == owner)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def next_due_at(session: Session, exclude: Iterable[str] = ()) -> datetime | None:
+    """When the next job (other than those in ``exclude``, already being stepped) is due."""
+    query = select(func.min(Task.next_check_at)).where(Task.status.in_(ACTIVE))
+    exclude = list(exclude)
+    if exclude:
+        query = query.where(Task.id.not_in(exclude))
+    return session.scalar(query)
 
 
 def release_leases(session: Session, owners: Iterable[str]) -> int:

@@ -91,6 +91,9 @@ class Worker:
         self.finish_hooks: list[Callable[[str], Awaitable[None]]] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        # Steps under way, by job id: a slow call (a 3-minute synchronous provider, a big
+        # download) holds up only its own job, never the polling of the others.
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -132,44 +135,76 @@ class Worker:
         await asyncio.to_thread(self.recover)
         await asyncio.to_thread(self.sweep)
         next_sweep = self._loop.time() + SWEEP_EVERY
+        next_renewal = self._loop.time() + LEASE_SECONDS / 4
         while not self._stopping:
-            if self._loop.time() >= next_sweep:
-                next_sweep = self._loop.time() + SWEEP_EVERY
+            now = self._loop.time()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_EVERY
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.sweep)
+            if now >= next_renewal:
+                next_renewal = now + LEASE_SECONDS / 4
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._renew_leases)
             self._wake.clear()
             try:
-                await self.run_once()
+                await self.run_once(wait=False)
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("worker pass failed")
             if self._stopping:
                 break
-            wait = await asyncio.to_thread(self._seconds_to_next)
+            wait = await asyncio.to_thread(self._seconds_to_next, set(self._inflight))
+            wait = min(wait, max(0.05, next_renewal - self._loop.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
+        # Stop between steps: no new step starts; the ones under way end with their commit.
+        if self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         log.info("worker stopped between steps")
 
-    def _seconds_to_next(self) -> float:
+    def _renew_leases(self) -> None:
+        """Keep the leases of long steps alive so no other worker takes their jobs meanwhile."""
+        if self._inflight:
+            with session_scope(self.sessions) as s:
+                tasks.renew_leases(s, list(self._inflight), self.owner, LEASE_SECONDS)
+
+    def _seconds_to_next(self, busy: set[str]) -> float:
         with session_scope(self.sessions) as s:
-            due = tasks.next_due_at(s)
+            due = tasks.next_due_at(s, busy)
         if due is None:
             return 5.0
         return min(5.0, max(0.05, (due - utcnow()).total_seconds()))
 
     # --- one pass -------------------------------------------------------------------------------
 
-    async def run_once(self) -> int:
-        """Take one step of every due job; return how many steps ran."""
-        ids = await asyncio.to_thread(self._claim_due)
-        if not ids:
+    async def run_once(self, wait: bool = True) -> int:
+        """Start one step of every due job not already under way (at most
+        QES_WORKER_CONCURRENCY at once); with ``wait``, return when they have ended. Returns how
+        many steps were started."""
+        room = self.settings.worker_concurrency - len(self._inflight)
+        if room <= 0:
             return 0
-        await asyncio.gather(*(self._step_safely(task_id) for task_id in ids))
-        return len(ids)
+        ids = await asyncio.to_thread(self._claim_due, room, set(self._inflight))
+        started = []
+        for task_id in ids:
+            step = asyncio.create_task(self._step_safely(task_id), name=f"qes-step-{task_id}")
+            self._inflight[task_id] = step
+            step.add_done_callback(lambda _t, i=task_id: self._step_done(i))
+            started.append(step)
+        if wait and started:
+            await asyncio.gather(*started)
+        return len(started)
 
-    def _claim_due(self) -> list[str]:
+    def _step_done(self, task_id: str) -> None:
+        self._inflight.pop(task_id, None)
+        self._wake.set()  # a slot is free, and the job may be due again at once
+
+    def _claim_due(self, limit: int, skip: set[str]) -> list[str]:
         claimed = []
         with session_scope(self.sessions) as s:
-            for task_id in tasks.due_task_ids(s, self.settings.worker_concurrency, self.owner):
+            for task_id in tasks.due_task_ids(s, limit + len(skip), self.owner):
+                if task_id in skip or len(claimed) >= limit:
+                    continue
                 if tasks.claim(s, task_id, self.owner, LEASE_SECONDS):
                     claimed.append(task_id)
         return claimed

@@ -219,3 +219,21 @@ def test_database_is_sqlite_in_wal_mode(client, tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"tasks", "task_files", "attempts", "users", "api_tokens", "alembic_version"} <= tables
+
+
+def test_a_slow_synchronous_call_holds_up_only_its_own_job(tmp_path, sim, make_client):
+    """DashScope answers only when the image is done; meanwhile other jobs keep moving."""
+    settings = studio_settings(
+        tmp_path,
+        None,
+        evolink_enabled=False,
+        dashscope_api_key="test-key",
+        dashscope_base_url=sim.base_url,
+    )
+    client = make_client(settings)
+    slow = post_job(client, "slow one [sim:delay=6]").json()
+    time.sleep(0.3)  # the slow call is under way
+    quick = post_job(client, "quick one", images=[("q.png", image_bytes(420, 420))]).json()
+    assert wait_for(client, quick["id"], timeout=5)["status"] == "succeeded"
+    assert client.get(f"/api/tasks/{slow['id']}").json()["status"] in ("queued", "running")
+    assert wait_for(client, slow["id"])["status"] == "succeeded"
