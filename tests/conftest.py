@@ -111,5 +111,15 @@ def wait_for(
         time.sleep(0.05)
 
 
+def wait_until_running(
+    client: httpx.Client | TestClient, task_id: str, timeout: float = 10.0
+) -> None:
+    """Wait until the job has been handed to a provider (its upstream task id is saved)."""
+    deadline = time.monotonic() + timeout
+    while client.get(f"/api/tasks/{task_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, f"job {task_id} never started running"
+        time.sleep(0.02)
+
+
 def stored_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "files").glob("*/*/*") if not p.name.startswith("."))

@@ -4,10 +4,9 @@ nothing and are answered at once."""
 from __future__ import annotations
 
 import sqlite3
-import time
 
 from app.web.callbacks import url_builder
-from tests.conftest import post_job, studio_settings, wait_for
+from tests.conftest import post_job, studio_settings, wait_for, wait_until_running
 
 
 def test_callback_url_only_when_public_over_https():
@@ -39,10 +38,7 @@ def test_callbacks_are_a_nudge_never_the_truth(tmp_path, sim, make_client):
     sim.config.delay = 30
     client = make_client(studio_settings(tmp_path, sim, poll_interval=5, retry_max_delay=10))
     job = post_job(client).json()
-    deadline = time.monotonic() + 10
-    while client.get(f"/api/tasks/{job['id']}").json()["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until_running(client, job["id"])
     # Far in the future: only a valid callback can bring the next check forward.
     _set_token(tmp_path, job["id"], "s3cret-token", "2999-01-01 00:00:00.000000")
     body = {"id": "task-unified-1-x", "status": "completed", "results": ["https://evil/x.png"]}

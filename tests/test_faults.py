@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.upstream.evolink import EvoLinkProvider
 from app.upstream.simulator import SimulatorConfig, SimulatorServer
-from tests.conftest import post_job, studio_settings, wait_for
+from tests.conftest import post_job, studio_settings, wait_for, wait_until_running
 
 FAST = httpx.Timeout(connect=1.0, read=1.0, write=1.0, pool=1.0)
 
@@ -156,10 +156,7 @@ def test_timeout_while_polling_keeps_following_the_same_task(studio, sims):
     a.config.update({"delay": 0.5})
     client = studio(two=False)
     job = post_job(client).json()
-    deadline = time.monotonic() + 5
-    while client.get(f"/api/tasks/{job['id']}").json()["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until_running(client, job["id"])
     a.config.update({"hang": True})
     time.sleep(1.5)  # at least one poll times out
     a.config.update({"hang": False})
@@ -195,10 +192,7 @@ def test_malformed_json_while_polling_is_retried(studio, sims):
     a.config.update({"delay": 0.4})
     client = studio(two=False)
     job = post_job(client).json()
-    deadline = time.monotonic() + 5
-    while client.get(f"/api/tasks/{job['id']}").json()["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until_running(client, job["id"])
     a.config.update({"malformed_json": True})
     time.sleep(0.3)
     a.config.update({"malformed_json": False})

@@ -12,7 +12,14 @@ import httpx
 from PIL import Image, ImageChops, ImageOps
 
 from app.main import create_app
-from tests.conftest import image_bytes, post_job, stored_files, studio_settings, wait_for
+from tests.conftest import (
+    image_bytes,
+    post_job,
+    stored_files,
+    studio_settings,
+    wait_for,
+    wait_until_running,
+)
 from tests.live import LiveServer, free_port
 
 
@@ -138,10 +145,7 @@ def test_restart_in_the_middle_of_a_job_still_ends_it(tmp_path, sim, make_client
     settings = studio_settings(tmp_path, sim)
     first = make_client(settings)
     job = post_job(first).json()
-    deadline = time.monotonic() + 10
-    while first.get(f"/api/tasks/{job['id']}").json()["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until_running(first, job["id"])
     cookies = dict(first.cookies)
     first.__exit__(None, None, None)  # the app stops with the job running upstream
 
