@@ -163,6 +163,10 @@ class SafeFetcher:
             raise self._refused(label, url, reason)
         if not parsed.raw_host:
             raise self._refused(label, url, "has no host")
+        # httpx accepts any number (even -1) as a port; the socket layer then fails with an
+        # OverflowError that is no HTTP error, so an out-of-range port is refused here.
+        if parsed.port is not None and not 1 <= parsed.port <= 65535:
+            raise self._refused(label, url, "has an invalid port (allowed: 1 to 65535)")
         return parsed
 
     async def addresses(self, url: httpx.URL, label: str) -> list[IPAddress]:
@@ -269,7 +273,9 @@ class SafeFetcher:
                 asyncio.timeout(timeout),
                 self._pinned("POST", parsed, label, dict(headers), content) as response,
             ):
-                await response.aread()
+                # Only the status matters. The body is not read: a receiver could otherwise
+                # stream without end into memory, or break off mid-body with an error that is
+                # no refusal (and would leave the delivery unrecorded).
                 return response.status_code
         except TimeoutError as exc:
             raise self._refused(label, url, f"did not answer within {timeout:g} s") from exc

@@ -152,7 +152,7 @@ def create_task(
     """
     ensure_user(session, user_id, user_name)
     session.execute(update(User).where(User.id == user_id).values(name=User.name))
-    check_limits(session, settings, user_id, client_ip)
+    check_limits(session, settings, user_id, client_ip, images=spend.requested_images(options))
     freed = _make_room(session, settings, user_id)
 
     task = Task(
@@ -278,8 +278,7 @@ def retry_task(
     task = get_task(session, user_id, task_id)
     if task.status not in ("failed", "canceled"):
         raise StudioError("not_retryable", "Only a failed or canceled job can be retried.", 409)
-    n = (task.options or {}).get("n", 1)
-    check_limits(session, settings, user_id, client_ip, images=n if isinstance(n, int) else 1)
+    check_limits(session, settings, user_id, client_ip, images=spend.requested_images(task.options))
     task.status = "queued"
     task.progress = 0
     task.error_code = task.error_message = None

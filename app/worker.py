@@ -42,6 +42,7 @@ log = logging.getLogger("qes.worker")
 
 LEASE_SECONDS = 120.0
 SWEEP_EVERY = 300.0
+POLL_REFUSALS_BEFORE_FAILING = 5
 RESULT_FORMATS = {
     "PNG": ("png", "image/png"),
     "JPEG": ("jpg", "image/jpeg"),
@@ -94,6 +95,8 @@ class Worker:
         # Steps under way, by job id: a slow call (a 3-minute synchronous provider, a big
         # download) holds up only its own job, never the polling of the others.
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        # Consecutive refusals of our key while following a job (see _follow).
+        self._poll_refusals: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -357,7 +360,30 @@ class Worker:
         try:
             status = await provider.poll(task.upstream_task_id)
         except UpstreamError as err:
-            if err.retryable and err.code != "task_not_found":
+            if err.operator:
+                # Our key stopped working while the provider holds the task: it may still finish
+                # and bill it, so the job is never sent elsewhere. Keep following for a few
+                # tries (a key being rotated), then end it saying so.
+                self.health.record_operator_error(provider.name, err.message)
+                refusals = self._poll_refusals.get(task.id, 0) + 1
+                self._poll_refusals[task.id] = refusals
+                if refusals >= POLL_REFUSALS_BEFORE_FAILING:
+                    self._poll_refusals.pop(task.id, None)
+                    await self._commit(
+                        task.id,
+                        lambda t, e=err: tasks.mark_failed(
+                            t,
+                            e.code,
+                            f"{e.message} The provider refused the studio's key while following "
+                            "this job; it was not sent to another provider, since the first "
+                            "one may still finish and bill it.",
+                        ),
+                    )
+                else:
+                    await self._commit(
+                        task.id, lambda t: tasks.schedule(t, self._backoff(t.poll_delay))
+                    )
+            elif err.retryable and err.code != "task_not_found":
                 # The task is still there; only reading it failed. Keep following, slower.
                 self.health.record_failure(provider.name, err.message)
                 await self._commit(
@@ -368,6 +394,7 @@ class Worker:
                 await self._upstream_error(task.id, attempt_id, provider.name, err)
             return
         self.health.record_success(provider.name)
+        self._poll_refusals.pop(task.id, None)
         await self._finish(task.id, attempt_id, provider, status)
 
     async def _finish(

@@ -302,3 +302,20 @@ def test_cheaper_provider_down_then_back(studio, sims):
     ]
     assert back == ["cheap"] * 3
     assert client.get("/api/status").json()["providers"][0]["state"] == "healthy"
+
+
+def test_key_refused_while_following_never_sends_the_job_elsewhere(studio, sims):
+    a, b = sims
+    a.config.update({"delay": 1.0})
+    client = studio()
+    job = post_job(client).json()
+    wait_until_running(client, job["id"])
+    a.config.update({"api_key": "rotated"})  # our key is refused from now on
+    time.sleep(0.8)
+    state = client.get(f"/api/tasks/{job['id']}").json()
+    assert state["status"] == "running" and state["provider"] == "cheap"
+    assert stats(b)["creates"] == 0  # not paid for twice
+    a.config.update({"api_key": "key-a"})
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded" and done["provider"] == "cheap"
+    assert stats(a)["creates"] == 1 and stats(b)["creates"] == 0

@@ -332,3 +332,58 @@ def test_https_connects_to_the_checked_address_with_the_host_name_for_tls(tmp_pa
         # By IP the certificate (made for "localhost") does not match: refused, not ignored.
         message = refusal(fetcher, tls_server.url("/cat.png", host="127.0.0.1"))
         assert "verified TLS connection" in message
+
+
+@pytest.mark.parametrize("port", ["65536", "99999", "0"])
+def test_ports_out_of_range_are_refused_before_connecting(server, port):
+    # httpx parses any number as a port; the socket layer then raised an OverflowError, which is
+    # no refusal (the gateway answered 500). Loopback is allowed here, so only the port is wrong.
+    fetcher = SafeFetcher(["127.0.0.1/32"])
+    url = f"http://127.0.0.1:{port}/photo.png"
+    assert "invalid port" in refusal(fetcher, url)
+    with pytest.raises(InputError, match="invalid port"):
+        run(fetcher.check(f"https://127.0.0.1:{port}/hook", "callback_url", ("https",)))
+    with pytest.raises(InputError, match="invalid port"):
+        run(fetcher.post(url, "callback_url", content=b"{}", headers={}, schemes=("http",)))
+
+
+def test_a_callback_receivers_body_is_never_read(server):
+    """Only the status of a callback matters: a receiver that streams without end (memory) or
+    breaks off mid-body (an httpx error that is no refusal) still counts as having answered."""
+
+    def endless(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.end_headers()
+        try:
+            while True:
+                h.wfile.write(b"x" * 65536)
+        except OSError:
+            pass
+
+    def broken(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(202)
+        h.send_header("Content-Length", "100000")
+        h.end_headers()
+        h.wfile.write(b"only a little")
+        h.wfile.flush()
+        h.close_connection = True
+
+    server.routes["/endless"] = endless
+    server.routes["/broken"] = broken
+    fetcher = SafeFetcher(["127.0.0.1/32"])
+
+    def post(path: str) -> int:
+        return run(
+            fetcher.post(
+                server.url(path),
+                "callback_url",
+                content=b"{}",
+                headers={},
+                schemes=("http",),
+                timeout=3.0,
+            )
+        )
+
+    assert post("/endless") == 200
+    assert post("/broken") == 202

@@ -120,14 +120,24 @@ def test_cross_site_browser_requests_are_refused_and_change_nothing(ctx: Ctx, ro
     for browser, headers in REFUSED_HEADERS.items():
         before = _counts(ctx.client)
         response = ctx.client.request(method, path, headers=headers, **kwargs)
-        assert response.status_code == 403, (route, browser, response.text)
-        error = response.json()["error"]
-        assert error["code"] == "cross_site_request"
-        assert "another site" in error["message"]
+        _assert_refused(response, path)
         assert response.headers["x-content-type-options"] == "nosniff"
         assert _counts(ctx.client) == before, browser
         assert ctx.client.get(f"/api/tasks/{ctx.job}").json()["status"] == "succeeded"
         assert ctx.token_id in [t["id"] for t in ctx.client.get("/api/tokens").json()["tokens"]]
+
+
+def _assert_refused(response, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Cookie routes refuse a cross-site request (CSRF); the /v1 gateway, which no cookie opens,
+    answers it with its own 401 in EvoLink's shape."""
+    error = response.json()["error"]
+    if path.startswith("/v1/"):
+        assert response.status_code == 401, response.text
+        assert error["type"] == "authentication_error"
+        return
+    assert response.status_code == 403, (path, response.text)
+    assert error["code"] == "cross_site_request"
+    assert "another site" in error["message"]
 
 
 def _not_refused(response) -> None:  # type: ignore[no-untyped-def]
@@ -154,8 +164,7 @@ def test_personal_token_requests_are_exempt_but_foreign_bearers_are_not(ctx: Ctx
     # A bearer value that is not one of our tokens authenticates nothing here, so it earns no
     # exemption (a login proxy may add its own to every request, cross-site ones included).
     foreign = {"Authorization": "Bearer eyJhbGciOiJub25lIn0.e30.", **CROSS_SITE}
-    refused = ctx.client.request(method, path, headers=foreign, **kwargs)
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "cross_site_request"
+    _assert_refused(ctx.client.request(method, path, headers=foreign, **kwargs), path)
 
 
 def test_csrf_applies_in_proxy_mode_even_with_the_proxys_own_bearer(tmp_path, sim, make_client):

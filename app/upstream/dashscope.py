@@ -34,7 +34,7 @@ malformed answer) is, because the images may have been made and billed.
 from __future__ import annotations
 
 import base64
-import json
+import re
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -47,11 +47,19 @@ from app.upstream.base import (
     Submitted,
     UpstreamError,
     UpstreamStatus,
+    api_client,
+    as_dict,
+    as_list,
+    call,
+    clean_code,
     default_timeout,
     download_capped,
+    download_client,
+    is_web_url,
+    json_body,
     retry_after_seconds,
-    transport_error,
 )
+from app.upstream.base import join_detail as _join
 
 PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 MODELS = ("qwen-image-edit", "qwen-image-edit-plus")
@@ -60,6 +68,9 @@ MAX_TEXT_CHARS = 800  # DashScope truncates longer text silently
 CALL_TIMEOUT = default_timeout(read=180.0)
 _REMEMBERED = 1000
 _PARAMETERS = ("n", "negative_prompt", "size", "seed", "prompt_extend", "watermark")
+# DashScope's request ids are UUIDs; one that is not a short printable token (the column holds
+# 128 characters) is replaced by our own.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class DashScopeProvider:
@@ -81,16 +92,9 @@ class DashScopeProvider:
         self.name = name
         self.price = price
         self._base = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,
-        )
-        # Result downloads carry no credentials: the OSS links are signed by the provider.
-        self._downloads = httpx.AsyncClient(
-            timeout=default_timeout(), transport=transport, follow_redirects=True
-        )
+        self._client = api_client({"Authorization": f"Bearer {api_key}"}, timeout, transport)
+        # Downloads are ordinary: only the generating call needs the long read deadline.
+        self._downloads = download_client(default_timeout(), transport)
         self._outcomes: OrderedDict[str, UpstreamStatus] = OrderedDict()
 
     async def aclose(self) -> None:
@@ -99,13 +103,10 @@ class DashScopeProvider:
 
     async def submit(self, request: SubmitRequest) -> Submitted:
         body = _body(request)
-        try:
-            response = await self._client.post(f"{self._base}{PATH}", json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, sending_create=True) from exc
+        response = await call(self._client, "POST", f"{self._base}{PATH}", creating=True, json=body)
         data = _json_or_error(response)
         request_id = data.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
+        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
             request_id = f"dashscope-{uuid.uuid4()}"
         status = _outcome(data)
         self._outcomes[request_id] = status
@@ -176,22 +177,20 @@ def _image_ref(image: InputImage) -> str:
 
 def _outcome(data: dict[str, Any]) -> UpstreamStatus:
     """The finished call: every image URL in every choice, or a failure if there is none."""
-    output = data.get("output") if isinstance(data.get("output"), dict) else {}
-    choices = output.get("choices") if isinstance(output.get("choices"), list) else []
+    choices = as_list(as_dict(data.get("output")).get("choices"))
     urls: list[str] = []
     reasons: list[str] = []
     for choice in choices:
         if not isinstance(choice, dict):
             continue
-        reasons.append(str(choice.get("finish_reason") or ""))
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        for item in message.get("content") or []:
-            url = item.get("image") if isinstance(item, dict) else None
-            if isinstance(url, str) and url:
+        reasons.append(clean_code(choice.get("finish_reason"), ""))
+        for item in as_list(as_dict(choice.get("message")).get("content")):
+            url = as_dict(item).get("image")
+            if is_web_url(url):
                 urls.append(url)
     if urls:
         return UpstreamStatus("succeeded", 100, result_urls=urls)
-    reason = ", ".join(r for r in reasons if r) or "none"
+    reason = ", ".join(sorted({r for r in reasons if r})) or "none"
     return UpstreamStatus(
         "failed",
         error=UpstreamError(
@@ -204,10 +203,7 @@ def _outcome(data: dict[str, Any]) -> UpstreamStatus:
 
 def _json_or_error(response: httpx.Response) -> dict[str, Any]:
     """The JSON body of a successful call, or the matching UpstreamError."""
-    try:
-        data: Any = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        data = None
+    data: Any = json_body(response)
     status = response.status_code
     if status < 300 and isinstance(data, dict) and not (data.get("code") and "output" not in data):
         return data
@@ -221,8 +217,9 @@ def _json_or_error(response: httpx.Response) -> dict[str, Any]:
                 ambiguous=True,
             )
         status = 400  # an error code in a 2xx answer: judge it by its code
-    body = data if isinstance(data, dict) else {}
-    raise _error(status, str(body.get("code") or ""), str(body.get("message") or ""), response)
+    body = as_dict(data)
+    message = body.get("message") if isinstance(body.get("message"), str) else ""
+    raise _error(status, clean_code(body.get("code"), ""), message, response)
 
 
 def _error(status: int, code: str, message: str, response: httpx.Response) -> UpstreamError:
@@ -264,6 +261,13 @@ def _error(status: int, code: str, message: str, response: httpx.Response) -> Up
             retry_after=retry_after_seconds(response),
             http_status=status,
         )
+    if status == 408:  # DashScope gave up reading our request: no image was made
+        return UpstreamError(
+            "upstream_timeout",
+            "DashScope timed out reading the request; trying again.",
+            retryable=True,
+            http_status=status,
+        )
     if status >= 500 or code.startswith("InternalError"):
         return UpstreamError(
             "upstream_unavailable" if status == 503 else "upstream_error",
@@ -290,8 +294,3 @@ def _error(status: int, code: str, message: str, response: httpx.Response) -> Up
         _join("DashScope refused the request's parameters.", detail),
         http_status=status,
     )
-
-
-def _join(plain: str, detail: str) -> str:
-    detail = detail.strip().splitlines()[0][:300] if detail.strip() else ""
-    return f"{plain} ({detail})" if detail and detail not in plain else plain

@@ -7,7 +7,7 @@ already re-encoded bmp and tiff to png) and its ``file_url`` is passed instead.
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
 
 import httpx
@@ -18,11 +18,20 @@ from app.upstream.base import (
     Submitted,
     UpstreamError,
     UpstreamStatus,
+    api_client,
+    as_dict,
+    as_list,
+    call,
+    clean_code,
+    clean_int,
     default_timeout,
     download_capped,
+    download_client,
+    is_web_url,
+    json_body,
     retry_after_seconds,
-    transport_error,
 )
+from app.upstream.base import join_detail as _join
 
 # Task-level error codes (error-codes page): the user's input is at fault, retrying won't help.
 FINAL_TASK_ERRORS: dict[str, str] = {
@@ -48,6 +57,11 @@ RETRYABLE_TASK_ERRORS: dict[str, str] = {
     "rate_limited": "The provider is rate limiting requests.",
 }
 _UPLOADABLE = {"image/jpeg", "image/png", "image/webp"}
+# EvoLink's ids look like "task-unified-1757156493-imcg5zqt". Anything else (too long for the
+# String(128) column, control characters that make httpx refuse the URL, "/" or "?" that would
+# change which URL is asked) is not an id the studio can follow.
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_ESTIMATE = 86_400  # seconds; a larger "estimated_time" is noise (and overflows SQLite)
 
 
 class EvoLinkProvider:
@@ -68,16 +82,10 @@ class EvoLinkProvider:
         self.price = price
         self._base = base_url.rstrip("/")
         self._files = files_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout or default_timeout(),
-            transport=transport,
-            follow_redirects=False,
+        self._client = api_client(
+            {"Authorization": f"Bearer {api_key}"}, timeout or default_timeout(), transport
         )
-        # Result downloads carry no credentials: the links are signed by the provider.
-        self._downloads = httpx.AsyncClient(
-            timeout=timeout or default_timeout(), transport=transport, follow_redirects=True
-        )
+        self._downloads = download_client(timeout or default_timeout(), transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -93,26 +101,28 @@ class EvoLinkProvider:
         body.update(request.options)
         if request.callback_url:
             body["callback_url"] = request.callback_url
-        try:
-            response = await self._client.post(f"{self._base}/v1/images/generations", json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, sending_create=True) from exc
+        response = await call(
+            self._client, "POST", f"{self._base}/v1/images/generations", creating=True, json=body
+        )
         data = _json_or_error(response, creating=True)
         task_id = data.get("id")
-        if not isinstance(task_id, str) or not task_id:
+        if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
             raise UpstreamError(
                 "bad_upstream_answer",
-                "The provider accepted the job but sent no task id.",
+                "The provider accepted the job but sent no usable task id.",
                 retryable=True,
                 ambiguous=True,
             )
         return Submitted(task_id, _status(data))
 
     async def poll(self, upstream_task_id: str) -> UpstreamStatus:
-        try:
-            response = await self._client.get(f"{self._base}/v1/tasks/{upstream_task_id}")
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, sending_create=False) from exc
+        if not _TASK_ID.fullmatch(upstream_task_id):
+            raise UpstreamError(
+                "task_not_found", f"{upstream_task_id!r} is not an EvoLink task id."
+            )
+        response = await call(
+            self._client, "GET", f"{self._base}/v1/tasks/{upstream_task_id}", creating=False
+        )
         return _status(_json_or_error(response, creating=False))
 
     async def download(self, url: str, max_bytes: int) -> bytes:
@@ -126,36 +136,39 @@ class EvoLinkProvider:
                 "unsupported_upload", f"Input {index + 1} is {image.content_type}; cannot upload."
             )
         files = {"file": (f"input-{index + 1}.{image.ext}", image.data, image.content_type)}
-        try:
-            response = await self._client.post(
-                f"{self._files}/api/v1/files/upload/stream",
-                files=files,
-                data={"upload_path": "qwen-edit-studio"},
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, sending_create=False) from exc
+        response = await call(
+            self._client,
+            "POST",
+            f"{self._files}/api/v1/files/upload/stream",
+            creating=False,
+            files=files,
+            data={"upload_path": "qwen-edit-studio"},
+        )
         data = _json_or_error(response, creating=False)
-        url = (data.get("data") or {}).get("file_url") if data.get("success") else None
-        if not isinstance(url, str):
+        url = as_dict(data.get("data")).get("file_url") if data.get("success") is True else None
+        if not is_web_url(url):
+            # The files API's own codes (upstream-apis.md 1.6): 500 and 50001 are storage faults
+            # worth another try; 401, 403 and 40003 (file quota) are the operator's to fix.
+            code = clean_int(data.get("code"), 0, 10**6) or 0
             raise UpstreamError(
                 "upload_failed",
-                f"Uploading input {index + 1} to the provider failed: {data.get('msg', 'no URL')}.",
-                retryable=response.status_code >= 500,
+                _join(f"Uploading input {index + 1} to the provider failed.", data.get("msg")),
+                retryable=500 <= code < 600 or 50000 <= code < 60000,
+                operator=code in (401, 403, 40003),
             )
         return url
 
 
 def _status(data: dict[str, Any]) -> UpstreamStatus:
     status = data.get("status")
-    progress = _int(data.get("progress"), 0)
-    info = data.get("task_info") if isinstance(data.get("task_info"), dict) else {}
-    estimated = _int(info.get("estimated_time"), None) if info else None
+    progress = clean_int(data.get("progress"), 0, 100) or 0
+    estimated = clean_int(as_dict(data.get("task_info")).get("estimated_time"), 0, MAX_ESTIMATE)
     if status in ("pending", None):
         return UpstreamStatus("pending", progress, estimated_time=estimated)
     if status == "processing":
         return UpstreamStatus("running", progress, estimated_time=estimated)
     if status == "completed":
-        results = [u for u in data.get("results") or [] if isinstance(u, str)]
+        results = [u for u in as_list(data.get("results")) if is_web_url(u)]
         if not results:
             return UpstreamStatus(
                 "failed",
@@ -167,31 +180,23 @@ def _status(data: dict[str, Any]) -> UpstreamStatus:
             )
         return UpstreamStatus("succeeded", 100, result_urls=results)
     # "failed", and statuses the docs do not list ("cancelled") end the task too.
-    err = data.get("error") if isinstance(data.get("error"), dict) else {}
-    code = str(
-        err.get("code") or ("request_cancelled" if status == "cancelled" else "unknown_error")
+    err = as_dict(data.get("error"))
+    code = clean_code(
+        err.get("code"), "request_cancelled" if status == "cancelled" else "unknown_error"
     )
-    return UpstreamStatus("failed", progress, error=task_error(code, str(err.get("message") or "")))
+    return UpstreamStatus("failed", progress, error=task_error(code, err.get("message")))
 
 
-def task_error(code: str, detail: str) -> UpstreamError:
+def task_error(code: str, detail: Any) -> UpstreamError:
     if code in FINAL_TASK_ERRORS:
         return UpstreamError(code, _join(FINAL_TASK_ERRORS[code], detail))
     base = RETRYABLE_TASK_ERRORS.get(code, "The provider failed.")
     return UpstreamError(code, _join(base, detail), retryable=True)
 
 
-def _join(plain: str, detail: str) -> str:
-    detail = detail.strip().splitlines()[0][:300] if detail.strip() else ""
-    return f"{plain} ({detail})" if detail and detail not in plain else plain
-
-
 def _json_or_error(response: httpx.Response, *, creating: bool) -> dict[str, Any]:
     """The JSON body of a 2xx answer, or the matching UpstreamError."""
-    try:
-        data = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        data = None
+    data = json_body(response)
     status = response.status_code
     if status < 300:
         if not isinstance(data, dict):
@@ -202,10 +207,9 @@ def _json_or_error(response: httpx.Response, *, creating: bool) -> dict[str, Any
                 ambiguous=creating,
             )
         return data
-    err = (data or {}).get("error") if isinstance(data, dict) else None
-    err = err if isinstance(err, dict) else {}
-    detail = str(err.get("message") or "")
-    code = str(err.get("code") or f"http_{status}")
+    err = as_dict(as_dict(data).get("error"))
+    detail = err.get("message")
+    code = clean_code(err.get("code"), "upstream_rejected")
     if status == 401:
         raise UpstreamError(
             "upstream_unauthorized",
@@ -242,6 +246,13 @@ def _json_or_error(response: httpx.Response, *, creating: bool) -> dict[str, Any
             retry_after=retry_after_seconds(response),
             http_status=status,
         )
+    if status == 408:  # the provider gave up reading our request: it did not take the job
+        raise UpstreamError(
+            "upstream_timeout",
+            "The provider timed out reading the request; trying again.",
+            retryable=True,
+            http_status=status,
+        )
     if status >= 500:
         raise UpstreamError(
             "upstream_unavailable" if status == 503 else "upstream_error",
@@ -251,14 +262,7 @@ def _json_or_error(response: httpx.Response, *, creating: bool) -> dict[str, Any
             http_status=status,
         )
     raise UpstreamError(
-        code if code != f"http_{status}" else "upstream_rejected",
+        code,
         _join(f"The provider refused the request (HTTP {status}).", detail),
         http_status=status,
     )
-
-
-def _int(value: object, default: int | None) -> int | None:
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return default

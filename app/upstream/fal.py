@@ -40,7 +40,6 @@ worker gives one, goes as fal's ``fal_webhook`` query parameter.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from typing import Any
 
@@ -52,11 +51,18 @@ from app.upstream.base import (
     Submitted,
     UpstreamError,
     UpstreamStatus,
+    api_client,
+    as_dict,
+    as_list,
+    call,
     default_timeout,
     download_capped,
+    download_client,
+    is_web_url,
+    json_body,
     retry_after_seconds,
-    transport_error,
 )
+from app.upstream.base import join_detail as _join
 
 ENDPOINTS: dict[str, str] = {
     "qwen-image-edit": "fal-ai/qwen-image-edit",
@@ -97,16 +103,10 @@ class FalProvider:
         self.name = name
         self.price = price
         self._base = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Key {api_key}"},
-            timeout=timeout or default_timeout(),
-            transport=transport,
-            follow_redirects=False,
+        self._client = api_client(
+            {"Authorization": f"Key {api_key}"}, timeout or default_timeout(), transport
         )
-        # Result downloads carry no credentials: fal's media links are public URLs.
-        self._downloads = httpx.AsyncClient(
-            timeout=default_timeout(), transport=transport, follow_redirects=True
-        )
+        self._downloads = download_client(timeout or default_timeout(), transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -118,10 +118,14 @@ class FalProvider:
             raise _unsupported(f"fal.ai does not offer the model {request.model!r} here.")
         body = _input(request, multi=endpoint.endswith("-plus"))
         params = {"fal_webhook": request.callback_url} if request.callback_url else None
-        try:
-            response = await self._client.post(f"{self._base}/{endpoint}", json=body, params=params)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, sending_create=True) from exc
+        response = await call(
+            self._client,
+            "POST",
+            f"{self._base}/{endpoint}",
+            creating=True,
+            json=body,
+            params=params,
+        )
         data = _json_or_error(response, creating=True)
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
@@ -138,10 +142,9 @@ class FalProvider:
             raise UpstreamError(
                 "task_not_found", f"{upstream_task_id!r} is not a fal.ai request id."
             )
-        try:
-            response = await self._client.get(f"{self._base}/{upstream_task_id}/status")
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, sending_create=False) from exc
+        response = await call(
+            self._client, "GET", f"{self._base}/{upstream_task_id}/status", creating=False
+        )
         data = _json_or_error(response, creating=False)
         if data.get("status") in ("IN_QUEUE", "IN_PROGRESS"):
             return _queue_state(data)
@@ -152,13 +155,12 @@ class FalProvider:
         return await download_capped(self._downloads, url, max_bytes)
 
     async def _result(self, upstream_task_id: str, status: dict[str, Any]) -> UpstreamStatus:
-        try:
-            response = await self._client.get(f"{self._base}/{upstream_task_id}")
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, sending_create=False) from exc
+        response = await call(
+            self._client, "GET", f"{self._base}/{upstream_task_id}", creating=False
+        )
         if response.status_code < 300:
             return _output(_json_or_error(response, creating=False))
-        data = _json(response)
+        data = json_body(response)
         # A 5xx counts as the request's own outcome only when the status said it failed: a fault
         # of the result read must not make a finished (billed) request look failed and resent.
         failed_request = bool(status.get("error") or status.get("error_type"))
@@ -227,13 +229,13 @@ def _queue_state(data: dict[str, Any]) -> UpstreamStatus:
 
 def _output(data: dict[str, Any]) -> UpstreamStatus:
     """A completed request's model output: the image URLs, minus any the checker flagged."""
-    images = data.get("images") if isinstance(data.get("images"), list) else []
-    flags = data.get("has_nsfw_concepts") if isinstance(data.get("has_nsfw_concepts"), list) else []
+    images = as_list(data.get("images"))
+    flags = as_list(data.get("has_nsfw_concepts"))
     urls: list[str] = []
     flagged = 0
     for index, image in enumerate(images):
-        url = image.get("url") if isinstance(image, dict) else None
-        if not isinstance(url, str) or not url:
+        url = as_dict(image).get("url")
+        if not is_web_url(url):
             continue
         if index < len(flags) and flags[index] is True:
             flagged += 1  # fal sends a black image in its place
@@ -285,9 +287,10 @@ def _validation_error(detail: list[Any]) -> UpstreamError:
     entries = [entry for entry in detail if isinstance(entry, dict)]
     kinds = {str(entry.get("type") or "") for entry in entries}
     first = entries[0] if entries else {}
-    message = str(first.get("msg") or "")
-    loc = [str(part) for part in first.get("loc") or [] if part != "body"]
-    where = ".".join(loc)
+    message = first.get("msg") if isinstance(first.get("msg"), str) else ""
+    # Pydantic's loc is a list of names and indexes; anything else says nothing useful.
+    loc = [str(part)[:64] for part in as_list(first.get("loc")) if part != "body"]
+    where = ".".join(loc)[:200]
     if "content_policy_violation" in kinds:
         return UpstreamError("content_policy_violation", _CONTENT_POLICY, http_status=422)
     if any("image" in kind for kind in kinds) or "image" in where:
@@ -304,16 +307,9 @@ def _validation_error(detail: list[Any]) -> UpstreamError:
     )
 
 
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
 def _json_or_error(response: httpx.Response, *, creating: bool) -> dict[str, Any]:
     """The JSON body of a 2xx answer, or the matching UpstreamError."""
-    data = _json(response)
+    data = json_body(response)
     if response.status_code >= 300:
         raise _http_error(response, data, creating=creating)
     if not isinstance(data, dict):
@@ -374,6 +370,13 @@ def _http_error(response: httpx.Response, data: Any, *, creating: bool) -> Upstr
             retry_after=retry_after_seconds(response),
             http_status=status,
         )
+    if status == 408:  # fal gave up reading our request: it did not take the job
+        return UpstreamError(
+            "upstream_timeout",
+            "fal.ai timed out reading the request; trying again.",
+            retryable=True,
+            http_status=status,
+        )
     if status >= 500:
         return UpstreamError(
             "upstream_unavailable" if status == 503 else "upstream_error",
@@ -388,8 +391,3 @@ def _http_error(response: httpx.Response, data: Any, *, creating: bool) -> Upstr
         _join(f"fal.ai refused the request (HTTP {status}).", text),
         http_status=status,
     )
-
-
-def _join(plain: str, detail: str) -> str:
-    detail = detail.strip().splitlines()[0][:300] if detail.strip() else ""
-    return f"{plain} ({detail})" if detail and detail not in plain else plain

@@ -119,8 +119,11 @@ class HealthBoard:
         h.errors += 1
         h.last_error = message
         h.last_error_at = time.time()
+        already = h.disabled_until > self._now()
         h.disabled_until = self._now() + self.operator_cooldown
         h.probing = False
+        if already:
+            return
         log.error(
             "provider %s disabled for %.0f s: %s -- an administrator must act",
             name,

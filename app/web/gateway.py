@@ -139,8 +139,9 @@ class Gateway:
     callbacks: CallbackSender
     # Base URL a job was created under, so its callback's result links point where the client
     # reached us (when QES_PUBLIC_BASE_URL is not set).
+    # Never another request's Host: that is the client's word, and must not steer links sent to
+    # someone else's receiver. After a restart the fallback is the configured address.
     base_urls: dict[str, str] = field(default_factory=dict)
-    last_base_url: str | None = None
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def base_url_for(self, job_id: str) -> str:
@@ -148,14 +149,11 @@ class Gateway:
         return (
             settings.public_base_url
             or self.base_urls.pop(job_id, None)
-            or self.last_base_url
             or f"http://{settings.host}:{settings.port}"
         )
 
     def request_base(self, request: Request) -> str:
-        base = self.studio.settings.public_base_url or str(request.base_url).rstrip("/")
-        self.last_base_url = base
-        return base
+        return self.studio.settings.public_base_url or str(request.base_url).rstrip("/")
 
 
 def make_callbacks(gateway: Gateway, **options: Any) -> CallbackSender:
@@ -332,6 +330,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayInputError("The request body must be JSON.") from exc
+    except RecursionError as exc:  # "[[[[...]]]]" within the size cap: the parser gives up
+        raise GatewayInputError(
+            "The request body is JSON nested too deeply; send a flat JSON object."
+        ) from exc
     if not isinstance(body, dict):
         raise GatewayInputError(
             'The request body must be a JSON object such as {"model": "qwen-image-edit", '
@@ -605,7 +607,8 @@ _KNOWN_PATHS = {"images/generations": "POST"}
 
 @router.api_route(
     "/v1/{rest:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    # HEAD and OPTIONS too: otherwise the studio-wide 405 answers them without ``type``.
+    methods=["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"],
     include_in_schema=False,
 )
 async def unknown_v1(rest: str, request: Request) -> JSONResponse:

@@ -23,7 +23,13 @@ from app.auth import SESSION_COOKIE, SessionCodec, bearer_token
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 
 
-async def _send_json(send: Send, status: int, code: str, message: str, extra: dict | None = None):
+def _is_gateway(scope: Scope) -> bool:
+    return str(scope.get("path", "")).startswith("/v1/")
+
+
+async def _send_json(
+    send: Send, status: int, code: str, message: str, extra: dict | None = None
+) -> None:
     body = json.dumps({"error": {"code": code, "message": message, **(extra or {})}}).encode()
     await send(
         {
@@ -56,6 +62,11 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
+    @staticmethod
+    def _extra(scope: Scope) -> dict[str, str] | None:
+        # The /v1 gateway answers in EvoLink's error shape, which always carries a type.
+        return {"type": "request_too_large_error"} if _is_gateway(scope) else None
+
     def _message(self) -> str:
         mb = self.max_bytes / (1024 * 1024)
         return (
@@ -68,7 +79,7 @@ class BodyLimit:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, "request_too_large", self._message())
+            await _send_json(send, 413, "request_too_large", self._message(), self._extra(scope))
             return
         received = 0
         too_large = False
@@ -94,10 +105,14 @@ class BodyLimit:
             await self.app(scope, counted_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_json(send, 413, "request_too_large", self._message())
+                await _send_json(
+                    send, 413, "request_too_large", self._message(), self._extra(scope)
+                )
         except Exception:
             if too_large and not started:
-                await _send_json(send, 413, "request_too_large", self._message())
+                await _send_json(
+                    send, 413, "request_too_large", self._message(), self._extra(scope)
+                )
             else:
                 raise
 
@@ -193,7 +208,9 @@ class CrossOriginGuard:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        if bearer_token(_header(scope, b"authorization")) is not None:
+        # Our Bearer token authenticates alone; and /v1 accepts nothing else (no cookie), so a
+        # cross-site request there gains nothing and gets the gateway's own 401.
+        if bearer_token(_header(scope, b"authorization")) is not None or _is_gateway(scope):
             await self.app(scope, receive, send)
             return
         site = _header(scope, b"sec-fetch-site")
