@@ -161,3 +161,13 @@ def test_csv_cells_cannot_become_formulas(team):
     run_jobs(mallory, ok=1)
     text = admin.get("/usage.csv?scope=team").text
     assert "'=HYPERLINK" in text
+
+
+def test_status_and_usage_pages_speak_chinese_when_asked(client):
+    zh = {"Accept-Language": "zh-CN,zh;q=0.9"}
+    status = client.get("/status", headers=zh).text
+    assert "服务商" in status and "最近的错误" in status
+    usage = client.get("/usage", headers=zh).text
+    assert "我的用量" in usage and "下载 CSV" in usage
+    english = client.get("/usage", headers={"Accept-Language": "en"}).text
+    assert "Your usage" in english and "Download CSV" in english
