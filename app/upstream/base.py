@@ -315,3 +315,41 @@ async def download_capped(
         raise UpstreamError(
             "download_failed", "Downloading the result failed; will try again.", retryable=True
         ) from exc
+
+
+# A provider's own id for a task: a short printable token. Anything else (too long for the
+# String(128) column, control characters httpx refuses in a URL, "/" or "?" that would change
+# which URL is asked) is not an id the studio can follow.
+TOKEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class HttpProvider:
+    """What every HTTP provider shares: its name and price, an authenticated client for its API,
+    and a credential-free client for result links (they are signed by the provider)."""
+
+    # Providers that take a mask natively set this; for the others the worker composites.
+    supports_mask = False
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        price: float,
+        base_url: str,
+        auth: dict[str, str],
+        timeout: httpx.Timeout,
+        transport: httpx.AsyncBaseTransport | None = None,
+        download_timeout: httpx.Timeout | None = None,
+    ) -> None:
+        self.name = name
+        self.price = price
+        self._base = base_url.rstrip("/")
+        self._client = api_client(auth, timeout, transport)
+        self._downloads = download_client(download_timeout or timeout, transport)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+        await self._downloads.aclose()
+
+    async def download(self, url: str, max_bytes: int) -> bytes:
+        return await download_capped(self._downloads, url, max_bytes)

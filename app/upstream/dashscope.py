@@ -34,7 +34,6 @@ malformed answer) is, because the images may have been made and billed.
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -42,19 +41,18 @@ from typing import Any
 import httpx
 
 from app.upstream.base import (
+    TOKEN_ID,
+    HttpProvider,
     InputImage,
     SubmitRequest,
     Submitted,
     UpstreamError,
     UpstreamStatus,
-    api_client,
     as_dict,
     as_list,
     call,
     clean_code,
     default_timeout,
-    download_capped,
-    download_client,
     is_web_url,
     json_body,
     retry_after_seconds,
@@ -68,16 +66,15 @@ MAX_TEXT_CHARS = 800  # DashScope truncates longer text silently
 CALL_TIMEOUT = default_timeout(read=180.0)
 _REMEMBERED = 1000
 _PARAMETERS = ("n", "negative_prompt", "size", "seed", "prompt_extend", "watermark")
-# DashScope's request ids are UUIDs; one that is not a short printable token (the column holds
-# 128 characters) is replaced by our own.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# DashScope's request ids are UUIDs; one that is not a short printable token (base.TOKEN_ID)
+# is replaced by our own.
+_REQUEST_ID = TOKEN_ID
 
 
-class DashScopeProvider:
+class DashScopeProvider(HttpProvider):
     """Talks to https://dashscope-intl.aliyuncs.com (or the simulator, which speaks the same)."""
 
     # Qwen Image Edit on DashScope takes no mask; the worker composites masked jobs itself.
-    supports_mask = False
 
     def __init__(
         self,
@@ -89,17 +86,17 @@ class DashScopeProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout = CALL_TIMEOUT,
     ) -> None:
-        self.name = name
-        self.price = price
-        self._base = base_url.rstrip("/")
-        self._client = api_client({"Authorization": f"Bearer {api_key}"}, timeout, transport)
-        # Downloads are ordinary: only the generating call needs the long read deadline.
-        self._downloads = download_client(default_timeout(), transport)
+        super().__init__(
+            name=name,
+            price=price,
+            base_url=base_url,
+            auth={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+            # Downloads are ordinary: only the generating call needs the long read deadline.
+            download_timeout=default_timeout(),
+        )
         self._outcomes: OrderedDict[str, UpstreamStatus] = OrderedDict()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-        await self._downloads.aclose()
 
     async def submit(self, request: SubmitRequest) -> Submitted:
         body = _body(request)
@@ -124,9 +121,6 @@ class DashScopeProvider:
             "before it saved this result. The job was not sent again, so it cannot be billed "
             "twice; press Retry to send it again.",
         )
-
-    async def download(self, url: str, max_bytes: int) -> bytes:
-        return await download_capped(self._downloads, url, max_bytes)
 
 
 def _body(request: SubmitRequest) -> dict[str, Any]:

@@ -7,26 +7,24 @@ already re-encoded bmp and tiff to png) and its ``file_url`` is passed instead.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import httpx
 
 from app.upstream.base import (
+    TOKEN_ID,
+    HttpProvider,
     InputImage,
     SubmitRequest,
     Submitted,
     UpstreamError,
     UpstreamStatus,
-    api_client,
     as_dict,
     as_list,
     call,
     clean_code,
     clean_int,
     default_timeout,
-    download_capped,
-    download_client,
     is_web_url,
     json_body,
     retry_after_seconds,
@@ -57,14 +55,12 @@ RETRYABLE_TASK_ERRORS: dict[str, str] = {
     "rate_limited": "The provider is rate limiting requests.",
 }
 _UPLOADABLE = {"image/jpeg", "image/png", "image/webp"}
-# EvoLink's ids look like "task-unified-1757156493-imcg5zqt". Anything else (too long for the
-# String(128) column, control characters that make httpx refuse the URL, "/" or "?" that would
-# change which URL is asked) is not an id the studio can follow.
-_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# EvoLink's ids look like "task-unified-1757156493-imcg5zqt" (see base.TOKEN_ID).
+_TASK_ID = TOKEN_ID
 MAX_ESTIMATE = 86_400  # seconds; a larger "estimated_time" is noise (and overflows SQLite)
 
 
-class EvoLinkProvider:
+class EvoLinkProvider(HttpProvider):
     """Talks to https://api.evolink.ai (or the simulator, which speaks the same protocol)."""
 
     def __init__(
@@ -78,18 +74,15 @@ class EvoLinkProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | None = None,
     ) -> None:
-        self.name = name
-        self.price = price
-        self._base = base_url.rstrip("/")
-        self._files = files_url.rstrip("/")
-        self._client = api_client(
-            {"Authorization": f"Bearer {api_key}"}, timeout or default_timeout(), transport
+        super().__init__(
+            name=name,
+            price=price,
+            base_url=base_url,
+            auth={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout or default_timeout(),
+            transport=transport,
         )
-        self._downloads = download_client(timeout or default_timeout(), transport)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-        await self._downloads.aclose()
+        self._files = files_url.rstrip("/")
 
     async def submit(self, request: SubmitRequest) -> Submitted:
         urls = [await self._input_url(img, i) for i, img in enumerate(request.images)]
@@ -124,9 +117,6 @@ class EvoLinkProvider:
             self._client, "GET", f"{self._base}/v1/tasks/{upstream_task_id}", creating=False
         )
         return _status(_json_or_error(response, creating=False))
-
-    async def download(self, url: str, max_bytes: int) -> bytes:
-        return await download_capped(self._downloads, url, max_bytes)
 
     async def _input_url(self, image: InputImage, index: int) -> str:
         if image.public_url:

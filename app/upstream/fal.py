@@ -46,18 +46,16 @@ from typing import Any
 import httpx
 
 from app.upstream.base import (
+    HttpProvider,
     InputImage,
     SubmitRequest,
     Submitted,
     UpstreamError,
     UpstreamStatus,
-    api_client,
     as_dict,
     as_list,
     call,
     default_timeout,
-    download_capped,
-    download_client,
     is_web_url,
     json_body,
     retry_after_seconds,
@@ -83,12 +81,11 @@ _NSFW_OUTPUT = (
 )
 
 
-class FalProvider:
+class FalProvider(HttpProvider):
     """Talks to https://queue.fal.run (or the simulator, which speaks the same protocol)."""
 
     # fal's separate inpaint endpoint (fal-ai/qwen-image-edit/inpaint) is not wired here, so the
-    # worker composites masked jobs itself, as for the other providers.
-    supports_mask = False
+    # worker composites masked jobs itself (HttpProvider.supports_mask is False).
 
     def __init__(
         self,
@@ -100,17 +97,14 @@ class FalProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | None = None,
     ) -> None:
-        self.name = name
-        self.price = price
-        self._base = base_url.rstrip("/")
-        self._client = api_client(
-            {"Authorization": f"Key {api_key}"}, timeout or default_timeout(), transport
+        super().__init__(
+            name=name,
+            price=price,
+            base_url=base_url,
+            auth={"Authorization": f"Key {api_key}"},
+            timeout=timeout or default_timeout(),
+            transport=transport,
         )
-        self._downloads = download_client(timeout or default_timeout(), transport)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-        await self._downloads.aclose()
 
     async def submit(self, request: SubmitRequest) -> Submitted:
         endpoint = ENDPOINTS.get(request.model)
@@ -150,9 +144,6 @@ class FalProvider:
             return _queue_state(data)
         # COMPLETED (and any state the docs do not list): the result says how it ended.
         return await self._result(upstream_task_id, data)
-
-    async def download(self, url: str, max_bytes: int) -> bytes:
-        return await download_capped(self._downloads, url, max_bytes)
 
     async def _result(self, upstream_task_id: str, status: dict[str, Any]) -> UpstreamStatus:
         response = await call(
